@@ -1,0 +1,28 @@
+"""Lossless speculative decoding on Hugging Face causal LMs (no policy, statistics or Redis in here)."""
+
+from ..records import NO_DRAFTER, RoundRecord
+from .drafters import Draft, Drafter, DraftRequest, FallbackDrafter, ModelDrafter, PromptLookupDrafter
+from .loop import PLAIN_STEP, Decide, Decision, GenerationResult, RoundState, SpeculativeEngine, fixed
+from .sampling import GREEDY, SamplingParams
+from .stopping import StopRule
+
+__all__ = [
+    "GREEDY",
+    "NO_DRAFTER",
+    "PLAIN_STEP",
+    "Decide",
+    "Decision",
+    "Draft",
+    "DraftRequest",
+    "Drafter",
+    "FallbackDrafter",
+    "GenerationResult",
+    "ModelDrafter",
+    "PromptLookupDrafter",
+    "RoundRecord",
+    "RoundState",
+    "SamplingParams",
+    "SpeculativeEngine",
+    "StopRule",
+    "fixed",
+]

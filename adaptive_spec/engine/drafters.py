@@ -1,0 +1,170 @@
+"""Drafters: cheap proposers of the next few tokens.
+
+A drafter is anything with ``name``, ``reset()`` and ``propose(context, k, ...) -> Draft``. The engine verifies
+whatever is proposed, so a drafter can never make output wrong, only slower or faster.
+
+- ``ModelDrafter``: a small causal LM sharing the target's tokenizer; drafts autoregressively from its own KV cache,
+  which catches up with the context in one batched forward (after plain steps or another drafter's rounds).
+- ``PromptLookupDrafter``: no model; copies what followed the latest suffix n-gram's first earlier occurrence.
+- ``FallbackDrafter``: the first of several drafters that proposes anything (e.g. lookup, else the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel
+
+from .kv import CachedLM
+from .sampling import SamplingParams, distribution, sample
+
+
+@dataclass
+class Draft:
+    """Proposed tokens and, for sampled drafts, the distributions they were drawn from."""
+
+    tokens: torch.Tensor  # [n] long
+    q_draft: torch.Tensor | None = None  # [n, V] float, the drafter's sampling distribution; None = deterministic
+    probs: tuple[float, ...] = ()  # the drafter's probability of each proposed token, for records and thresholds
+    source: str = ""  # which drafter proposed (a FallbackDrafter reports the member that did)
+    catchup: int = 0  # context tokens the drafter had to feed before drafting
+
+    def __len__(self) -> int:
+        return self.tokens.numel()
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    """Everything a drafter may use besides the context."""
+
+    k: int  # at most this many tokens
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    threshold: float = 0.0  # model drafters stop after a token whose probability is below this
+    generator: torch.Generator | None = None
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    name: str
+
+    def reset(self) -> None:
+        """Forget per-request state (caches). Called before each request."""
+
+    def propose(self, context: torch.Tensor, request: DraftRequest) -> Draft:
+        """Propose up to ``request.k`` tokens to follow ``context`` ([L] long, prompt + generated so far)."""
+
+
+def _empty(context: torch.Tensor, source: str) -> Draft:
+    return Draft(tokens=context.new_empty(0), source=source)
+
+
+class ModelDrafter:
+    """Drafts with a small causal LM that shares the target's vocabulary."""
+
+    def __init__(self, model: PreTrainedModel, name: str = "model", vocab_size: int | None = None):
+        self.name = name
+        self.lm = CachedLM(model, vocab_size)
+        self._cached = torch.empty(0, dtype=torch.long, device=self.lm.device)  # ids the cache holds
+
+    def reset(self) -> None:
+        self.lm.reset()
+        self._cached = self._cached[:0]
+
+    def _catch_up(self, context: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Roll the cache back to what it shares with ``context``, feed the rest in one forward.
+
+        Returns the logits [V] for the token after ``context`` and how many tokens were fed.
+        """
+        n = min(self._cached.numel(), context.numel() - 1)  # always feed at least the last token
+        mismatch = (self._cached[:n] != context[:n]).nonzero()
+        common = int(mismatch[0]) if mismatch.numel() else n
+        self.lm.rollback(self.lm.seen - common)
+        fed = context[common:]
+        logits = self.lm.forward(fed, last_only=True)[-1]
+        self._cached = context
+        return logits, fed.numel()
+
+    def propose(self, context: torch.Tensor, request: DraftRequest) -> Draft:
+        if request.k <= 0:
+            return _empty(context, self.name)
+        logits, catchup = self._catch_up(context)
+        tokens, rows, probs = [], [], []
+        for i in range(request.k):
+            if i > 0:  # feed the token just drafted
+                logits = self.lm.forward(tokens[-1].view(1), last_only=True)[-1]
+                self._cached = torch.cat([self._cached, tokens[-1].view(1)])
+            q = distribution(logits[None], request.sampling)[0]
+            token = sample(q[None], request.generator)[0] if request.sampling.do_sample else q.argmax()
+            p = q[token].item()
+            tokens.append(token)
+            rows.append(q)
+            probs.append(p)
+            if p < request.threshold:
+                break
+        return Draft(
+            tokens=torch.stack(tokens),
+            q_draft=torch.stack(rows) if request.sampling.do_sample else None,
+            probs=tuple(probs),
+            source=self.name,
+            catchup=catchup,
+        )
+
+
+class PromptLookupDrafter:
+    """Model-free drafting by n-gram match over the context (prompt lookup decoding).
+
+    For n from ``max_ngram`` down to ``min_ngram``, find the first earlier occurrence of the context's last n tokens
+    and propose the tokens that followed it. Deterministic, so its ``q_draft`` is a point mass.
+    """
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, name: str = "lookup"):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.name = name
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+
+    def reset(self) -> None:
+        pass
+
+    def match(self, context: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+        """The proposal (up to k tokens) and the n of the n-gram that produced it (0 if none)."""
+        L = context.numel()
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            suffix = context[L - n :]
+            windows = context[: L - 1].unfold(0, n, 1)  # [L - n, n]; excludes the suffix itself
+            hits = (windows == suffix).all(dim=1).nonzero()
+            if hits.numel():
+                start = int(hits[0]) + n
+                return context[start : start + k], n
+        return context[:0], 0
+
+    def propose(self, context: torch.Tensor, request: DraftRequest) -> Draft:
+        if request.k <= 0:
+            return _empty(context, self.name)
+        tokens, _ = self.match(context, request.k)
+        return Draft(tokens=tokens, source=self.name)
+
+
+class FallbackDrafter:
+    """Asks its members in order and returns the first non-empty proposal."""
+
+    def __init__(self, *members: Drafter, name: str | None = None):
+        if not members:
+            raise ValueError("FallbackDrafter needs at least one member")
+        self.members = members
+        self.name = name or "+".join(m.name for m in members)
+
+    def reset(self) -> None:
+        for member in self.members:
+            member.reset()
+
+    def propose(self, context: torch.Tensor, request: DraftRequest) -> Draft:
+        draft = _empty(context, self.name)
+        for member in self.members:
+            draft = member.propose(context, request)
+            if len(draft):
+                return draft
+        return draft

@@ -1,0 +1,285 @@
+"""The speculative loop: decide, draft, verify, accept, roll back, emit.
+
+Invariant between rounds: the target's cache holds every context token except the last one (the *pending*
+token), so every round feeds ``[pending, d_1..d_n]`` and a plain step is the same round with n = 0.
+
+Before each round the engine asks a ``decide`` callback for a ``Decision`` (drafter, k, confidence threshold):
+that is the hook the adaptive policy uses; the engine knows nothing about policies, statistics or Redis. After
+each round it hands a ``RoundRecord`` to ``on_round``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from ..records import NO_DRAFTER, RoundRecord
+from .accept import accept_greedy, accept_sampled
+from .drafters import Draft, Drafter, DraftRequest
+from .kv import CachedLM
+from .sampling import GREEDY, SamplingParams, distribution, sample
+from .stopping import StopRule
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do in the next round. ``k == 0`` is a plain target step (no drafter runs)."""
+
+    drafter: str = NO_DRAFTER
+    k: int = 0
+    threshold: float = 0.0  # a model drafter stops after a token it gives probability below this
+
+
+PLAIN_STEP = Decision()
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """What ``decide`` sees before a round."""
+
+    generated: int  # tokens emitted so far in this request
+    remaining: int  # tokens still allowed by max_new_tokens
+    context: torch.Tensor  # [L] prompt + generated; the last one is the pending token
+    last: RoundRecord | None  # the previous round, None before the first
+
+
+Decide = Callable[[RoundState], Decision]
+OnRound = Callable[[RoundRecord], None]
+
+
+def fixed(drafter: str, k: int, threshold: float = 0.0) -> Decide:
+    """A ``decide`` that always returns the same decision."""
+    decision = Decision(drafter, k, threshold)
+    return lambda state: decision
+
+
+@dataclass
+class GenerationResult:
+    sequences: torch.Tensor  # [1, prompt_len + new_tokens]
+    prompt_len: int
+    records: list[RoundRecord]
+    prefill_s: float  # seconds, target prefill of the prompt (and the first token)
+    total_s: float  # seconds, whole call
+    stop_reason: str  # "eos" | "stop_string" | "max_new_tokens"
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        return self.sequences[0, self.prompt_len :]
+
+    @property
+    def num_new_tokens(self) -> int:
+        return self.sequences.shape[1] - self.prompt_len
+
+    @property
+    def target_forwards(self) -> int:
+        """Target forwards: one prefill plus one per round."""
+        return 1 + len(self.records)
+
+    @property
+    def proposed(self) -> int:
+        return sum(r.proposed for r in self.records)
+
+    @property
+    def accepted(self) -> int:
+        return sum(r.accepted for r in self.records)
+
+    @property
+    def alpha(self) -> float:
+        """Token-level acceptance rate over proposed tokens (nan when nothing was proposed)."""
+        return self.accepted / self.proposed if self.proposed else float("nan")
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean accepted proposals per speculative round (bonus/recovered token excluded)."""
+        rounds = sum(1 for r in self.records if r.speculative)
+        return self.accepted / rounds if rounds else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_new_tokens / self.total_s
+
+    @property
+    def forward_s(self) -> float:
+        """Seconds inside model forwards (prefill, drafting, verification)."""
+        return self.prefill_s + sum(r.draft_s + r.verify_s for r in self.records)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SpeculativeEngine:
+    """Speculative decoding for one target model and any number of named drafters.
+
+    Batch size 1: per-request state lives in ``generate``'s locals and the models' caches, which are reset at the
+    start of each call, so nothing leaks from one request into the next.
+    """
+
+    def __init__(self, target: PreTrainedModel, drafters: Iterable[Drafter] = (), vocab_size: int | None = None):
+        self.target = CachedLM(target, vocab_size)
+        self.drafters: dict[str, Drafter] = {}
+        for drafter in drafters:
+            self.add_drafter(drafter)
+
+    def add_drafter(self, drafter: Drafter) -> None:
+        if drafter.name == NO_DRAFTER or drafter.name in self.drafters:
+            raise ValueError(f"drafter name {drafter.name!r} is reserved or already used")
+        self.drafters[drafter.name] = drafter
+
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        decide: Decide = lambda state: PLAIN_STEP,
+        *,
+        stop: StopRule,
+        sampling: SamplingParams = GREEDY,
+        generator: torch.Generator | None = None,
+        streamer: Any = None,
+        on_round: OnRound | None = None,
+    ) -> GenerationResult:
+        """Generate after ``input_ids`` ([L] or [1, L]); ``decide`` is asked before every round."""
+        start = time.perf_counter()
+        prompt = _as_prompt(input_ids, self.device)
+        self.target.reset()
+        for drafter in self.drafters.values():
+            drafter.reset()
+        if streamer is not None:
+            streamer.put(prompt[None].cpu())
+
+        # Prefill: the cache takes the whole prompt; the first token comes from its last position.
+        logits = self.target.forward(prompt, last_only=True)
+        first = _choose(logits, sampling, generator)
+        _sync(self.device)
+        prefill_s = time.perf_counter() - start
+
+        generated: list[int] = []
+        records: list[RoundRecord] = []
+        keep, reason = stop.cut(generated, [int(first)])
+        context = torch.cat([prompt, first.view(1)])
+        generated.append(int(first))
+        if streamer is not None:
+            streamer.put(first.view(1).cpu())
+
+        while reason is None:
+            record, new = self._round(context, generated, stop, decide, sampling, generator, records)
+            keep, reason = stop.cut(generated, new.tolist())
+            new = new[:keep]
+            record = _trimmed(record, keep)
+            records.append(record)
+            if on_round is not None:
+                on_round(record)
+            context = torch.cat([context, new])
+            generated.extend(new.tolist())
+            if streamer is not None:
+                streamer.put(new.cpu())
+
+        if streamer is not None:
+            streamer.end()
+        return GenerationResult(
+            sequences=context[None],
+            prompt_len=prompt.numel(),
+            records=records,
+            prefill_s=prefill_s,
+            total_s=time.perf_counter() - start,
+            stop_reason=reason,
+        )
+
+    def _round(
+        self,
+        context: torch.Tensor,
+        generated: list[int],
+        stop: StopRule,
+        decide: Decide,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+        records: list[RoundRecord],
+    ) -> tuple[RoundRecord, torch.Tensor]:
+        remaining = stop.max_new_tokens - len(generated)
+        # 1. decide: which drafter, how many tokens
+        decision = decide(RoundState(len(generated), remaining, context, records[-1] if records else None))
+        k = self._check(decision)
+        k_run = min(k, remaining - 1)  # a round emits up to k + 1 tokens; drafting past the budget is waste
+        drafter_name = decision.drafter if k_run > 0 else NO_DRAFTER
+
+        # 2. draft
+        t0 = time.perf_counter()
+        if k_run > 0:
+            request = DraftRequest(k_run, sampling, decision.threshold, generator)
+            draft = self.drafters[decision.drafter].propose(context, request)
+            assert len(draft) <= k_run, f"drafter {decision.drafter!r} proposed {len(draft)} > k={k_run} tokens"
+        else:
+            draft = Draft(tokens=context[:0], source=NO_DRAFTER)
+        _sync(self.device)
+        t1 = time.perf_counter()
+
+        # 3. verify: one target forward over the pending token and the proposals
+        logits = self.target.forward(torch.cat([context[-1:], draft.tokens]))  # [n + 1, V]
+        _sync(self.device)
+        t2 = time.perf_counter()
+
+        # 4. accept a prefix of the proposals, then add the target's own token
+        if sampling.do_sample:
+            accepted, added = accept_sampled(draft.tokens, draft.q_draft, logits, sampling, generator)
+        else:
+            accepted, added = accept_greedy(draft.tokens, logits)
+
+        # 5. roll the target back over rejected proposals; the added token becomes the pending one
+        self.target.rollback(len(draft) - accepted)
+
+        new = torch.cat([draft.tokens[:accepted], added.view(1)])
+        record = RoundRecord(
+            drafter=(draft.source or drafter_name) if len(draft) else drafter_name,
+            k=k_run,
+            proposed=len(draft),
+            accepted=accepted,
+            emitted=accepted + 1,
+            context_len=context.numel(),
+            draft_s=t1 - t0,
+            verify_s=t2 - t1,
+            draft_probs=draft.probs,
+            catchup=draft.catchup,
+            k_asked=k if k != k_run else None,
+        )
+        return record, new
+
+    def _check(self, decision: Decision) -> int:
+        k = decision.k
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"decision k must be an int >= 0, got {k!r}")
+        if k > 0 and decision.drafter not in self.drafters:
+            known = ", ".join(sorted(self.drafters)) or "none"
+            raise ValueError(f"decision names unknown drafter {decision.drafter!r} (known: {known})")
+        return k
+
+
+def _as_prompt(input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise ValueError(f"batch size 1 only, got input_ids of shape {tuple(ids.shape)}")
+        ids = ids[0]
+    if ids.dim() != 1 or ids.numel() == 0:
+        raise ValueError(f"input_ids must be a non-empty [L] or [1, L] tensor, got shape {tuple(ids.shape)}")
+    return ids.to(device=device, dtype=torch.long)
+
+
+def _choose(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """One token from logits [1, V] -> []."""
+    if sampling.do_sample:
+        return sample(distribution(logits, sampling), generator)[0]
+    return logits[0].argmax()
+
+
+def _trimmed(record: RoundRecord, keep: int) -> RoundRecord:
+    return record if keep == record.emitted else replace(record, emitted=keep)
+

@@ -1,0 +1,45 @@
+"""The round record: the one piece of data that flows from the engine to statistics and policy.
+
+Vocabulary (used the same way everywhere in this package):
+
+- *proposed*: draft tokens the drafter offered in a round (``<= k``; a drafter may stop early).
+- *accepted*: proposed tokens the target agreed with, counted from the first; the rest are *rejected*.
+- *bonus*: the token the target adds after the accepted prefix when every proposal was accepted.
+- *recovered*: the token the target adds in place of the first rejected proposal.
+- Every round *emits* ``accepted + 1`` tokens (bonus or recovered), fewer only when a stop rule cuts the round.
+- Token-level acceptance rate ``alpha = accepted / proposed`` over many rounds; *mean accepted per round* excludes
+  the bonus/recovered token (vLLM's "mean acceptance length" is this plus one).
+
+This module imports nothing heavy (no torch), so ``adaptive_spec.stats`` can consume records in any process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NO_DRAFTER = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """What happened in one speculative round (or one plain step, when ``k == 0``)."""
+
+    drafter: str  # name of the drafter that proposed; NO_DRAFTER for a plain target step
+    k: int  # draft budget the round ran with (the decision, capped by the tokens left to generate)
+    proposed: int  # tokens proposed, <= k
+    accepted: int  # leading proposed tokens the target accepted, <= proposed
+    emitted: int  # tokens appended to the output this round (accepted + 1, unless a stop cut it short)
+    context_len: int  # tokens in the context (prompt + generated) before the round
+    draft_s: float  # seconds spent drafting, catch-up included
+    verify_s: float  # seconds in the target's forward over the pending token + proposals
+    draft_probs: tuple[float, ...] = field(default=())  # drafter's probability of each proposed token; () if none
+    catchup: int = 0  # tokens the model drafter had to feed to catch up with the context before drafting
+    k_asked: int | None = None  # the k the decision asked for, when the round ran with less (end of budget)
+
+    @property
+    def speculative(self) -> bool:
+        return self.proposed > 0
+
+    @property
+    def rejected(self) -> int:
+        return self.proposed - self.accepted

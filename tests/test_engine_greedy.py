@@ -1,0 +1,111 @@
+"""Greedy speculative decoding equals the target's own greedy decoding, token for token (float32)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from adaptive_spec.engine import (
+    Decision,
+    FallbackDrafter,
+    ModelDrafter,
+    PromptLookupDrafter,
+    SpeculativeEngine,
+    StopRule,
+    fixed,
+)
+from tests.tiny import noisy_copy
+
+PROMPTS = [
+    [5, 17, 42, 9, 3, 17, 42, 9, 77, 5, 17],
+    [100, 101, 102, 103, 100, 101],
+    list(range(20, 60)),
+]
+
+
+def reference(target, prompt, max_new_tokens, eos=None):
+    out = target.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
+    return out[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def engine(pair):
+    target, draft = pair
+    lookup = PromptLookupDrafter()
+    model = ModelDrafter(draft)
+    return SpeculativeEngine(target, [model, lookup, FallbackDrafter(lookup, model, name="hybrid")])
+
+
+@pytest.mark.parametrize("drafter", ["model", "lookup", "hybrid"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_fixed_k_matches_target(engine, pair, drafter, k):
+    for prompt in PROMPTS:
+        expected = reference(pair[0], prompt, 40, eos=-1)
+        out = engine.generate(torch.tensor(prompt), fixed(drafter, k), stop=StopRule(40))
+        assert out.sequences[0].tolist() == expected
+        assert out.num_new_tokens == 40
+        assert sum(r.emitted for r in out.records) == 39  # the first token comes from the prefill
+
+
+def test_plain_steps_match_target(engine, pair):
+    prompt = PROMPTS[0]
+    out = engine.generate(torch.tensor(prompt), stop=StopRule(25))
+    assert out.sequences[0].tolist() == reference(pair[0], prompt, 25, eos=-1)
+    assert all(r.k == 0 and r.proposed == 0 for r in out.records)
+
+
+def test_k_changes_every_round(engine, pair):
+    schedule = itertools.cycle([Decision("model", 3), Decision("none", 0), Decision("lookup", 5),
+                                Decision("model", 1), Decision("hybrid", 8), Decision("model", 6, 0.5)])
+    for prompt in PROMPTS:
+        asked = []
+
+        def decide(state):
+            asked.append(next(schedule))
+            return asked[-1]
+
+        out = engine.generate(torch.tensor(prompt), decide, stop=StopRule(50))
+        assert out.sequences[0].tolist() == reference(pair[0], prompt, 50, eos=-1)
+        for decision, record in zip(asked, out.records):
+            assert record.k == decision.k or record.k_asked == decision.k  # the k asked is the k run
+            assert record.proposed <= record.k
+
+
+def test_eos_inside_a_draft(pair):
+    target, _ = pair
+    prompt = PROMPTS[2]
+    free = reference(target, prompt, 30, eos=-1)[len(prompt):]
+    eos = free[12]  # a token the target emits mid-output
+    expected = reference(target, prompt, 30, eos=eos)
+    # A draft identical to the target proposes the EOS inside a long draft that continues past it.
+    engine = SpeculativeEngine(target, [ModelDrafter(noisy_copy(target, 0.0, seed=0))])
+    out = engine.generate(torch.tensor(prompt), fixed("model", 8), stop=StopRule(30, frozenset([eos])))
+    assert out.sequences[0].tolist() == expected
+    assert out.stop_reason == "eos"
+    assert any(r.accepted > r.emitted - 1 for r in out.records)  # the draft ran past the EOS and was cut
+
+
+@pytest.mark.parametrize("max_new", [1, 2, 7, 13])
+def test_max_new_tokens_mid_round(engine, pair, max_new):
+    prompt = PROMPTS[1]
+    out = engine.generate(torch.tensor(prompt), fixed("model", 8), stop=StopRule(max_new))
+    assert out.sequences[0].tolist() == reference(pair[0], prompt, max_new, eos=-1)
+    assert out.stop_reason == "max_new_tokens"
+
+
+def test_padded_draft_vocab(pair):
+    target, _ = pair
+    draft = noisy_copy(target, 0.2, seed=3, vocab_size=160)  # embedding padded beyond the tokenizer's ids
+    engine = SpeculativeEngine(target, [ModelDrafter(draft, vocab_size=target.config.vocab_size)])
+    out = engine.generate(torch.tensor(PROMPTS[0]), fixed("model", 4), stop=StopRule(30))
+    assert out.sequences[0].tolist() == reference(target, PROMPTS[0], 30, eos=-1)
+    assert out.accepted > 0
