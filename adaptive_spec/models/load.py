@@ -1,0 +1,177 @@
+"""Loading target and draft models for speed on the machine at hand.
+
+What was measured (2 threads, this project's CPU machines, context 200; see README "Loading"):
+transformers 5.x can keep GGUF weights packed only with a matmul kernel fetched from the Hugging Face hub; without
+it (no hub, or no published kernel for the device) it dequantizes the whole model at load time, in Python, which
+takes ~50 s for the 1.5B target. The dense result in bfloat16 runs a forward in ~210 ms (target) and ~93 ms
+(draft); float32 is ~2x slower. So GGUF files are dequantized once, saved as safetensors in the cache, and later
+loads take well under a second (memory-mapped). bfloat16 is the default; float32 is for exactness tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from ..settings import Settings, get_settings
+from .fetch import fetch_pair
+from .pairs import DEFAULT_PAIR, get_pair
+
+log = structlog.get_logger(__name__)
+
+# Our own progress and log lines say what happens; transformers' per-load bars and its GGUF dtype hint (which
+# does not hold where the weights end up dense, see above) are noise here.
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer could not be loaded, or a pair does not fit together."""
+
+
+@dataclass
+class LoadedPair:
+    target: PreTrainedModel
+    draft: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase
+    pair_id: str
+    dtype: str
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (default: the CPUs this process may run on)."""
+    n = threads or get_settings().threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve(spec: str | os.PathLike) -> tuple[Path, str | None]:
+    """A model given as a GGUF file, a directory holding one GGUF file, or a transformers model directory."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path} is a file but not a .gguf file; pass a GGUF file or a model directory")
+        return path.parent, path.name
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path, None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return path, ggufs[0].name
+        raise ModelLoadError(f"{path} has no config.json and {len(ggufs)} .gguf files; point at one of them")
+    raise ModelLoadError(f"model not found: {path}")
+
+
+def _dense_dir(directory: Path, gguf_file: str, kind: str, settings: Settings) -> Path:
+    stat = (directory / gguf_file).stat()
+    return settings.cache / "dense" / f"{Path(gguf_file).stem}-{stat.st_size}-{stat.st_mtime_ns}-{kind}"
+
+
+def _atomic_save(target: Path, save: Any) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+
+
+def load_model(
+    spec: str | os.PathLike, dtype: str = "bfloat16", device: str = "auto", settings: Settings | None = None
+) -> PreTrainedModel:
+    """Load a causal LM for inference; GGUF files are converted once and cached as safetensors."""
+    settings = settings or get_settings()
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    directory, gguf_file = resolve(spec)
+    if gguf_file is not None:
+        dense = _dense_dir(directory, gguf_file, dtype, settings)
+        if not (dense / "config.json").is_file():
+            start = time.perf_counter()
+            model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=DTYPES[dtype])
+            _strip_quantization(model)
+            _atomic_save(dense, model.save_pretrained)
+            log.info("gguf_converted", file=gguf_file, dtype=dtype, seconds=round(time.perf_counter() - start, 1))
+            del model
+        directory = dense
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype])
+    model.to(pick_device(device)).eval().requires_grad_(False)
+    return model
+
+
+def _strip_quantization(model: PreTrainedModel) -> None:
+    """The weights are dense now; drop the GGUF loader's marker so the model saves as a plain checkpoint."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+
+
+def load_tokenizer(spec: str | os.PathLike, settings: Settings | None = None) -> PreTrainedTokenizerBase:
+    settings = settings or get_settings()
+    directory, gguf_file = resolve(spec)
+    if gguf_file is None:
+        return AutoTokenizer.from_pretrained(directory)
+    cached = _dense_dir(directory, gguf_file, "tokenizer", settings)
+    if not (cached / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        _atomic_save(cached, tokenizer.save_pretrained)
+    return AutoTokenizer.from_pretrained(cached)
+
+
+def check_compatible(target_tok: PreTrainedTokenizerBase, draft_tok: PreTrainedTokenizerBase) -> None:
+    """Speculation needs the draft to speak the target's token ids."""
+    if target_tok.get_vocab() != draft_tok.get_vocab():
+        a, b = target_tok.get_vocab(), draft_tok.get_vocab()
+        differ = sum(1 for t, i in a.items() if b.get(t) != i) + len(set(b) - set(a))
+        raise ModelLoadError(
+            f"target and draft tokenizers differ ({len(a)} vs {len(b)} tokens, {differ} ids disagree): "
+            "a draft must share the target's tokenizer"
+        )
+
+
+def load_pair(
+    pair: str = DEFAULT_PAIR,
+    target: str | os.PathLike | None = None,
+    draft: str | os.PathLike | None = None,
+    dtype: str = "bfloat16",
+    device: str = "auto",
+    with_draft: bool = True,
+    settings: Settings | None = None,
+) -> LoadedPair:
+    """The reference pair (fetched if needed) or any local target/draft; checks the tokenizers match."""
+    settings = settings or get_settings()
+    custom = True
+    if target is None or (with_draft and draft is None):
+        ref_target, ref_draft = fetch_pair(get_pair(pair), settings.models_dir)
+        target = target or ref_target
+        draft = draft or ref_draft
+        custom = Path(target) != ref_target or (with_draft and Path(draft) != ref_draft)
+    pair_id = _custom_pair_id(target, draft if with_draft else None) if custom else pair
+    tokenizer = load_tokenizer(target, settings)
+    draft_model = None
+    if with_draft:
+        check_compatible(tokenizer, load_tokenizer(draft, settings))
+        draft_model = load_model(draft, dtype, device, settings)
+    return LoadedPair(load_model(target, dtype, device, settings), draft_model, tokenizer, pair_id, dtype)
+
+
+def _custom_pair_id(target: Any, draft: Any) -> str:
+    names = [Path(target).name] + ([Path(draft).name] if draft is not None else [])
+    return "+".join(names)
