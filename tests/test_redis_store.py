@@ -15,7 +15,7 @@ from adaptive_spec.records import RoundRecord
 from adaptive_spec.stats import AlphaEstimator, RedisSettings
 from adaptive_spec.stats.counters import TOTALS, Counters, CounterSpec, field_names
 from adaptive_spec.stats.keys import StatsKey, redis_key
-from adaptive_spec.stats.redis_store import RedisStatsStore
+from adaptive_spec.stats.redis_store import RedisStatsStore, _Batch
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
@@ -320,7 +320,7 @@ def test_invalid_keys_are_skipped_by_reports(redis_server):
 
 
 def _send(store: RedisStatsStore, seq: int, deltas: dict[StatsKey, Counters]) -> list:
-    batch = store._prepare(seq, deltas)
+    batch = store._prepare(_Batch(seq, deltas))
     return store._script(keys=[store._writer_key, *batch.keys], args=batch.argv)
 
 

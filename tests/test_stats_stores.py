@@ -42,6 +42,10 @@ def make_store(request) -> Iterator:
         store.close()
 
 
+def test_store_follows_the_protocol(make_store):
+    assert isinstance(make_store(), StatsStore)
+
+
 def test_counts_are_exact_without_decay(make_store):
     est = AlphaEstimator(make_store(), pair_id="pair", half_life_tokens=None)
     rng = random.Random(1)

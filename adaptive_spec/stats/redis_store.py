@@ -315,7 +315,9 @@ class RedisStatsStore:
                 for _ in range(min(len(self._pending), self.settings.max_batch_keys)):
                     key, counters = self._pending.popitem(last=False)
                     deltas[key] = counters
-                batch = self._inflight = self._prepare(self._seq, deltas)
+                batch = self._inflight = _Batch(self._seq, deltas)  # still part of the local view
+        if not batch.keys:
+            self._prepare(batch)  # outside the lock: these deltas no longer change
         started = time.time()
         reply = self._script(keys=[self._writer_key, *batch.keys], args=batch.argv)
         finished = time.time()
@@ -345,16 +347,16 @@ class RedisStatsStore:
                 log.exception("stats.redis.on_flush_failed")
         return True
 
-    def _prepare(self, seq: int, deltas: dict[StatsKey, Counters]) -> _Batch:
-        batch = _Batch(seq, deltas)
-        batch.keys = [redis_key(self._ns, key) for key in deltas]
-        batch.argv = [str(SCHEMA_VERSION), seq, int(self.settings.key_ttl_s * 1000)]
-        for counters in deltas.values():
+    def _prepare(self, batch: _Batch) -> _Batch:
+        """The script's KEYS and ARGV for a batch (computed once: a resent batch is byte-for-byte the same)."""
+        batch.argv = [str(SCHEMA_VERSION), batch.seq, int(self.settings.key_ttl_s * 1000)]
+        for counters in batch.deltas.values():
             fields = counters.to_fields()
             spec = counters.spec
             batch.argv += (_half_life(spec.half_life_tokens), _half_life(spec.half_life_seconds), len(fields))
             for name, value in fields.items():
                 batch.argv += (name, value)
+        batch.keys = [redis_key(self._ns, key) for key in batch.deltas]
         return batch
 
     def _refresh(self) -> None:
