@@ -158,12 +158,28 @@ def test_kill_and_restart_redis_mid_stream(redis_server):
     assert total_rounds(redis_server.url) == in_new_server > 0
 
 
+def _exit_without_close(url: str) -> None:
+    est = AlphaEstimator(RedisStatsStore(RedisSettings(url=url, flush_interval_s=60.0)), "pair", half_life_tokens=None)
+    for _ in range(321):
+        est.observe("c", rnd(4, 2))
+    # returns without flush() or close(): the interpreter's exit must flush
+
+
+def test_normal_exit_flushes_open_stores(redis_server):
+    worker = SPAWN.Process(target=_exit_without_close, args=(redis_server.url,))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert total_rounds(redis_server.url) == 321
+
+
 # --- SIGSTOP: a hung server never blocks a round ------------------------------------------------------------------
 
 
 def test_stopped_redis_never_blocks_a_round(redis_server):
     settings = fast(redis_server.url, socket_timeout_s=0.05, read_timeout_s=0.05, connect_timeout_s=0.05)
-    store = RedisStatsStore(settings)
+    reports = []
+    store = RedisStatsStore(settings, on_flush=reports.append)
     est = AlphaEstimator(store, "pair", half_life_tokens=None)
     for i in range(200):
         est.estimate("warm", "model")
@@ -171,7 +187,10 @@ def test_stopped_redis_never_blocks_a_round(redis_server):
     assert est.flush(5.0)
     redis_server.pause()
     try:
-        slowest, rounds, until = 0.0, 0, time.monotonic() + 1.5
+        for _ in range(100):  # the next flush goes out on the open connection and gets no reply
+            est.observe("warm", rnd(4, 1))
+        time.sleep(0.15)
+        slowest, rounds, until = 0.0, 100, time.monotonic() + 1.5
         while time.monotonic() < until:
             cls = f"cold{rounds // 50}"  # a class never read before every 50 rounds: estimate() may wait for it
             t0 = time.perf_counter()
@@ -182,11 +201,13 @@ def test_stopped_redis_never_blocks_a_round(redis_server):
             rounds += 1
         assert not store.available
         assert slowest <= settings.read_timeout_s + 0.05, slowest
-        assert est.estimate("warm", "model").total_rounds == 200  # local view while Redis hangs
+        assert est.estimate("warm", "model").total_rounds == 300  # local view (fetched + in flight) while Redis hangs
     finally:
         redis_server.resume()
     assert est.flush(10.0)
-    # Requests sent before the stop reached Redis late (their replies timed out) and were resent: counted once.
+    # The request sent into the stopped server was executed when it resumed, after its reply had timed out;
+    # the batch was resent meanwhile, and Redis skipped the copy it had already applied: counted once.
+    assert any(r.duplicate for r in reports)
     assert total_rounds(redis_server.url) == 200 + rounds
     est.close()
 

@@ -56,6 +56,17 @@ def test_estimate_from_rounds():
     assert est.estimate("chat", "model").has_data is False
 
 
+def test_sink_feeds_the_estimator_and_the_request():
+    est = AlphaEstimator(pair_id="p", half_life_tokens=None)
+    request = est.new_request()
+    on_round = est.sink("code", request)
+    for r in (rnd(4, 2), rnd(4, 4)):
+        on_round(r)
+    est.sink("code")(rnd(2, 0))
+    assert est.estimate("code", "model").total_rounds == 3
+    assert request.counts("model").rounds == 2 and request.counts("model").accepted_tokens == 6
+
+
 def test_token_and_request_weighted_alpha_differ():
     """One long request at alpha 0.9 and one short at 0.1: pooled rounds say ~0.9, requests say 0.5."""
     est = AlphaEstimator(pair_id="p", half_life_tokens=None)

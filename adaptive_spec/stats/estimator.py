@@ -18,7 +18,7 @@ store's read timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..records import NO_DRAFTER, RoundRecord
@@ -68,6 +68,17 @@ class AlphaEstimator:
         self.store.observe_round(key, self.spec, record, time.time())
         if self.metrics is not None:
             self.metrics.observe_round(key, record)
+
+    def sink(self, request_class: str, request: RequestStats | None = None) -> Callable[[RoundRecord], None]:
+        """An ``on_round`` callback for the engine: observes each round here (and in ``request``, if given)."""
+        if request is None:
+            return lambda record: self.observe(request_class, record)
+
+        def on_round(record: RoundRecord) -> None:
+            self.observe(request_class, record)
+            request.observe(record)
+
+        return on_round
 
     def new_request(self) -> RequestStats:
         """A per-request accumulator sized like this estimator's counters."""

@@ -30,23 +30,29 @@ accumulating (one aggregate per key, so memory does not grow with time).
 
 **What can be lost — only observations never applied in Redis:**
 
-1. the buffered batches of a process that ends without ``close()``, or whose ``close()`` cannot reach Redis within
-   ``close_timeout_s`` (logged as ``stats.redis.unflushed_at_close``): what it observed since its last
-   acknowledged flush — normally under ``flush_interval_s`` worth, during an outage everything since it began;
+1. the buffered batches of a process that dies without closing its store (a crash, SIGKILL, ``os._exit``; a
+   normal interpreter exit closes open stores), or whose ``close()`` cannot reach Redis within
+   ``close_timeout_s`` (logged as ``stats.redis.unflushed_at_close``, with the count): what it observed since its
+   last acknowledged flush — normally under ``flush_interval_s`` worth, during an outage everything since it
+   began. (A batch in flight at that moment may still be applied, once, if the server received it.);
 2. when more than ``max_buffered_keys`` keys are buffered, the batch of the key buffered first is dropped
    (counted in ``dropped_rounds`` / ``dropped_requests``, one warning per episode);
 3. Redis's own data if Redis restarts without persistence (the pool then rebuilds from new flushes).
 
 Nothing else: every observed round is applied in Redis exactly once, or counted in ``dropped_rounds``, or still
 buffered (``buffered_rounds``). The tests check this bookkeeping across a Redis kill and restart.
+
+Create stores after forking worker processes: the flusher is a thread, and threads do not survive ``fork``.
 """
 
 from __future__ import annotations
 
+import atexit
 import random
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +71,16 @@ log = structlog.get_logger("adaptive_spec.stats.redis")
 
 _HOT_WINDOW_S = 60.0  # keys read within this window are kept fresh
 _MAX_FLUSHES_PER_TICK = 16
+
+_OPEN_STORES: weakref.WeakSet[RedisStatsStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    """A normal interpreter exit flushes what it can (daemon threads would otherwise just stop)."""
+    for store in list(_OPEN_STORES):
+        store.close()
+
 
 @dataclass(frozen=True)
 class FlushReport:
@@ -143,6 +159,7 @@ class RedisStatsStore:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="adaptive-spec-stats-redis", daemon=True)
         self._thread.start()
+        _OPEN_STORES.add(self)
 
     # --- hot path (caller threads; no I/O) -------------------------------------------------------------------
 
@@ -457,6 +474,7 @@ class RedisStatsStore:
             return
         with self._lock:
             self._closed = True
+        _OPEN_STORES.discard(self)
         self._stop.set()
         self._wake.set()
         self._thread.join(self.settings.close_timeout_s + self.settings.socket_timeout_s + self.settings.connect_timeout_s + 1.0)
