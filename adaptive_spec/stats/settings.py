@@ -67,7 +67,7 @@ class RedisSettings(BaseSettings):
     def _scheme(cls, url: str) -> str:
         scheme = urlsplit(url).scheme
         if scheme not in REDIS_SCHEMES:
-            raise ValueError(f"scheme must be redis://, rediss:// or unix:// (got {scheme or url!r})")
+            raise ValueError(f"scheme must be redis://, rediss:// or unix:// (got {scheme or redacted(url)!r})")
         if scheme != "unix" and not urlsplit(url).hostname:
             raise ValueError(f"no host in {redacted(url)!r}")
         return url
