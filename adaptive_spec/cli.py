@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .stats_cli import stats_app
+
 app = typer.Typer(
     help="Speculative decoding that decides, per request and per round, whether speculation pays off.",
     no_args_is_help=True,
@@ -22,6 +24,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Fetch and inspect the reference model pair.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(stats_app, name="stats")
 
 console = Console(stderr=True)
 
@@ -60,8 +63,14 @@ def progress_bar() -> Progress:
 
 
 @app.callback()
-def main() -> None:
+def main(
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_json: Annotated[bool, typer.Option(help="log events as JSON lines (on stderr)")] = False,
+) -> None:
     """adaptive-spec: know your acceptance rate, speculate only where it pays."""
+    from .logs import configure_logging
+
+    configure_logging(log_level, log_json)
 
 
 @models_app.command("fetch")
