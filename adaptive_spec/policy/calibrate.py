@@ -1,0 +1,147 @@
+"""Measuring the cost model on the machine at hand (``adaptive-spec calibrate``).
+
+Every number is a median over repetitions of the real forward, on random token ids at the given context length,
+so the table is what the engine will pay here: the same models, dtype, threads and device.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from ..engine import PromptLookupDrafter
+from ..engine.kv import CachedLM
+from ..engine.sampling import GREEDY, distribution
+from .cost import CostModel, CostTable
+
+TARGET_TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 17)
+DRAFT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+CONTEXTS = (128, 1024)
+PREFILL_TOKENS = (32, 128, 512, 1024)
+
+Progress = Callable[[str, int, int], None]
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}"
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu: {model}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _median_forward(lm: CachedLM, n: int, reps: int, vocab: int) -> float:
+    times = []
+    for _ in range(reps):
+        tokens = torch.randint(100, vocab, (n,), device=lm.device)
+        _sync()
+        start = time.perf_counter()
+        lm.forward(tokens)
+        _sync()
+        times.append(time.perf_counter() - start)
+        lm.rollback(n)
+    return statistics.median(times)
+
+
+def measure_table(model: PreTrainedModel, tokens: Sequence[int], contexts: Sequence[int], reps: int,
+                  progress: Progress | None = None, label: str = "") -> CostTable:  # fmt: skip
+    lm = CachedLM(model)
+    vocab = min(lm.vocab_size, 30_000)
+    rows = []
+    for c, context in enumerate(contexts):
+        lm.reset()
+        lm.forward(torch.randint(100, vocab, (context,), device=lm.device), last_only=True)
+        _median_forward(lm, 1, 1, vocab)  # warm-up
+        rows.append([_median_forward(lm, n, reps, vocab) for n in tokens])
+        if progress:
+            progress(label, c + 1, len(contexts))
+    lm.reset()
+    return CostTable(tokens=list(tokens), contexts=list(contexts), seconds=rows)
+
+
+def measure_prefill(model: PreTrainedModel, lengths: Sequence[int], reps: int) -> CostTable:
+    lm = CachedLM(model)
+    vocab = min(lm.vocab_size, 30_000)
+    row = []
+    for n in lengths:
+        times = []
+        for _ in range(reps):
+            lm.reset()
+            ids = torch.randint(100, vocab, (n,), device=lm.device)
+            _sync()
+            start = time.perf_counter()
+            lm.forward(ids, last_only=True)
+            _sync()
+            times.append(time.perf_counter() - start)
+        row.append(statistics.median(times))
+    lm.reset()
+    return CostTable(tokens=list(lengths), contexts=[0], seconds=[row])
+
+
+def measure_lookup(context: int = 512, reps: int = 50) -> float:
+    lookup = PromptLookupDrafter()
+    ids = torch.randint(0, 1000, (context,))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        lookup.match(ids, 8)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_draft_step_overhead(vocab: int, reps: int = 50) -> float:
+    """What a model drafter does per token besides the forward: softmax, argmax, bookkeeping."""
+    logits = torch.randn(1, vocab)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        q = distribution(logits, GREEDY)[0]
+        token = q.argmax()
+        q[token].item()
+        torch.stack([token, token])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def calibrate(
+    target: PreTrainedModel,
+    draft: PreTrainedModel | None,
+    pair_id: str,
+    dtype: str,
+    reps: int = 3,
+    contexts: Sequence[int] = CONTEXTS,
+    progress: Progress | None = None,
+    round_overhead_s: float | None = None,
+) -> CostModel:
+    """Measure target (and draft) forward times here; ~1 minute on a 2-core CPU for the reference pair."""
+    target_table = measure_table(target, TARGET_TOKENS, contexts, reps, progress, "target forwards")
+    draft_table = measure_table(draft, DRAFT_TOKENS, contexts, reps, progress, "draft forwards") if draft else None
+    prefill = measure_prefill(target, PREFILL_TOKENS, max(1, reps - 1))
+    return CostModel(
+        pair_id=pair_id,
+        hardware=hardware(),
+        dtype=dtype,
+        measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        target=target_table,
+        draft=draft_table,
+        prefill=prefill,
+        lookup_s=measure_lookup(),
+        round_overhead_s=round_overhead_s if round_overhead_s is not None else 1e-3,
+        draft_step_overhead_s=measure_draft_step_overhead(CachedLM(target).vocab_size),
+    )

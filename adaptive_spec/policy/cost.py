@@ -1,0 +1,157 @@
+"""The cost model: what a round costs on this hardware, and what a drafting choice is expected to gain.
+
+Times are measured by ``calibrate`` (seconds) as tables over the number of tokens fed in one forward, at two or
+more context lengths; between measured points they are interpolated linearly (in tokens and in context),
+beyond the last context point extrapolated along the last slope.
+
+Expected tokens per round with per-position conditional acceptance a_1..a_k (a_j = P(token j accepted | tokens
+before it accepted)): E = 1 + sum_j prod_{i<=j} a_i (the 1 is the bonus/recovered token). With a constant a this
+is Leviathan et al.'s (1 - a^(k+1)) / (1 - a). Speedup of a choice = (E / round time) / (1 / plain step time).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class CostTable(BaseModel):
+    """Forward time (seconds) of a model by tokens fed (rows of ``tokens``) and context length (``contexts``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: list[int] = Field(min_length=1)  # ascending
+    contexts: list[int] = Field(min_length=1)  # ascending
+    seconds: list[list[float]]  # [len(contexts)][len(tokens)]
+
+    @model_validator(mode="after")
+    def _shape(self) -> "CostTable":
+        if self.tokens != sorted(set(self.tokens)) or self.contexts != sorted(set(self.contexts)):
+            raise ValueError("tokens and contexts must be strictly ascending")
+        if len(self.seconds) != len(self.contexts) or any(len(r) != len(self.tokens) for r in self.seconds):
+            raise ValueError("seconds must have one row per context and one column per token count")
+        if any(not (math.isfinite(s) and s > 0) for row in self.seconds for s in row):
+            raise ValueError("forward times must be finite and positive")
+        return self
+
+    def __call__(self, n: int, context: int) -> float:
+        """Seconds for a forward of ``n`` tokens after ``context`` cached tokens."""
+        rows = [_interp(self.tokens, row, n) for row in self.seconds]
+        return max(_interp(self.contexts, rows, context), 1e-6)
+
+
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    if len(xs) == 1:
+        return ys[0]
+    i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)
+    x0, x1 = xs[i], xs[i + 1]
+    return ys[i] + (ys[i + 1] - ys[i]) * (x - x0) / (x1 - x0)
+
+
+class CostModel(BaseModel):
+    """Measured costs of one target/draft pair on one machine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pair_id: str
+    hardware: str  # e.g. "cpu: 2 threads, <model name>" or "cuda: NVIDIA H100"
+    dtype: str
+    measured_at: str = ""
+    target: CostTable  # verify / plain step / prefill
+    draft: CostTable | None = None  # model drafter forwards (catch-up of n tokens, or one step)
+    prefill: CostTable | None = None  # target forward over a whole prompt (tokens = prompt lengths, context 0)
+    lookup_s: float = Field(3e-4, ge=0)  # one prompt-lookup proposal
+    round_overhead_s: float = Field(1e-3, ge=0)  # engine bookkeeping per round, outside model forwards
+    draft_step_overhead_s: float = Field(2e-4, ge=0)  # drafter bookkeeping per drafted token
+
+    @field_validator("lookup_s", "round_overhead_s", "draft_step_overhead_s")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+    # --- times ------------------------------------------------------------------------------------------------
+
+    def verify_s(self, n: int, context: int) -> float:
+        """Target forward over n tokens (pending + n - 1 proposals); n = 1 is a plain step."""
+        return self.target(n, context) + self.round_overhead_s
+
+    def plain_step_s(self, context: int) -> float:
+        return self.verify_s(1, context)
+
+    def prefill_s(self, prompt_len: int) -> float:
+        table = self.prefill or self.target
+        return table(prompt_len, 0)
+
+    def draft_s(self, proposed: int, context: int, catchup: int = 1) -> float:
+        """Model drafter: one catch-up forward of ``catchup`` tokens, then proposed - 1 single steps."""
+        if self.draft is None:
+            raise ValueError("this cost model has no draft model measurements")
+        if proposed <= 0:
+            return 0.0
+        steps = self.draft(catchup, context) + sum(self.draft(1, context + catchup + j) for j in range(proposed - 1))
+        return steps + proposed * self.draft_step_overhead_s
+
+    def round_s(self, drafter: Literal["model", "lookup", "none"], proposed: int, context: int, catchup: int = 1) -> float:
+        if drafter == "model":
+            draft = self.draft_s(proposed, context, catchup)
+        elif drafter == "lookup":
+            draft = self.lookup_s
+        else:
+            draft = 0.0
+        return draft + self.verify_s(proposed + 1, context)
+
+    @property
+    def draft_cost_ratio(self) -> float:
+        """c: one draft step relative to one plain target step, at a short context."""
+        ctx = self.target.contexts[0]
+        return self.draft_s(1, ctx) / self.plain_step_s(ctx) if self.draft is not None else float("nan")
+
+    # --- expectations -------------------------------------------------------------------------------------------
+
+    def expected_speedup(
+        self, drafter: Literal["model", "lookup"], acceptance: Sequence[float], k: int, context: int = 256
+    ) -> float:
+        """Expected speedup over plain decoding of drafting k tokens with the given per-position acceptance."""
+        if k <= 0:
+            return 1.0
+        tokens = expected_tokens(acceptance, k)
+        return (tokens / self.round_s(drafter, k, context)) * self.plain_step_s(context)
+
+    def best_k(self, drafter: Literal["model", "lookup"], acceptance: Sequence[float], max_k: int,
+               context: int = 256) -> tuple[int, float]:  # fmt: skip
+        """The k (0 = don't speculate) with the highest expected speedup, and that speedup."""
+        best = (0, 1.0)
+        for k in range(1, max_k + 1):
+            s = self.expected_speedup(drafter, acceptance, k, context)
+            if s > best[1]:
+                best = (k, s)
+        return best
+
+    def break_even_alpha(self, drafter: Literal["model", "lookup"], k: int, context: int = 256) -> float:
+        """The constant acceptance rate at which drafting k tokens is exactly as fast as plain decoding."""
+        lo, hi = 0.0, 1.0
+        if self.expected_speedup(drafter, [hi] * k, k, context) < 1.0:
+            return float("nan")  # never pays at this k
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.expected_speedup(drafter, [mid] * k, k, context) < 1.0:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+
+def expected_tokens(acceptance: Sequence[float], k: int) -> float:
+    """1 + sum over j <= k of P(first j proposals all accepted); positions past the list reuse its last value."""
+    total, survive = 1.0, 1.0
+    for j in range(k):
+        a = acceptance[min(j, len(acceptance) - 1)] if acceptance else 0.0
+        survive *= a
+        total += survive
+    return total

@@ -1,0 +1,206 @@
+"""Exact replay of any policy on greedy traces, priced by a cost model.
+
+``replay`` mirrors ``SpeculativeEngine.generate`` round by round: the policy's session gets the same
+``RoundState`` (the context is the real token ids) and the same ``RoundRecord``s it would get from the engine, the
+draft budget is capped by the tokens left, the model drafter's cache catch-up is tracked as the engine's
+``ModelDrafter`` does it, and a ``hybrid`` drafter uses lookup when it proposes, else the model draft. Only time
+is predicted (from the cost model); tokens, acceptance and decisions are exact (see ``format`` for the limits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine import NO_DRAFTER, RoundState
+from ..policy.base import Policy, RequestInfo, RequestReport
+from ..policy.cost import CostModel
+from ..records import RoundRecord
+from .format import RequestTrace
+
+LOOKUP = "lookup"
+HYBRID = "hybrid"
+
+
+@dataclass
+class ReplayResult:
+    request_id: str
+    request_class: str
+    tokens: int
+    prefill_s: float
+    decode_s: float
+    records: list[RoundRecord]
+    report: RequestReport | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
+    def accepted(self) -> int:
+        return sum(r.accepted for r in self.records)
+
+    @property
+    def proposed(self) -> int:
+        return sum(r.proposed for r in self.records)
+
+
+@dataclass
+class SimulationResult:
+    policy: str
+    results: list[ReplayResult]
+    by_class: dict[str, list[ReplayResult]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_class = defaultdict(list)
+        for r in self.results:
+            self.by_class[r.request_class].append(r)
+
+    def throughput(self, request_class: str | None = None, decode_only: bool = False) -> float:
+        """Tokens per second over all requests (of one class): total tokens / total time."""
+        rs = self.results if request_class is None else self.by_class[request_class]
+        seconds = sum(r.decode_s if decode_only else r.seconds for r in rs)
+        return sum(r.tokens for r in rs) / seconds if seconds else float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.results)
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.results)
+
+
+class _DraftState:
+    """Which true-context tokens a model drafter's cache holds (mirrors ``ModelDrafter._catch_up``)."""
+
+    def __init__(self) -> None:
+        self.true_len = 0  # cached tokens that are on the target's path
+
+    def catchup(self, context_len: int) -> int:
+        return context_len - min(self.true_len, context_len - 1)
+
+    def after_round(self, context_len: int, proposed: int, match: int) -> None:
+        # the drafter fed its first proposed - 1 tokens; those up to the first wrong one are on the true path
+        self.true_len = context_len + min(proposed - 1, match)
+
+
+def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: float) -> tuple[int, int, list[float]]:
+    """(proposed, matching, probabilities) of model drafter ``name`` at position i with budget k."""
+    d = trace.drafts[name]
+    n = len(trace.target)
+    m = d.match[i]
+    probs: list[float] = []
+    branch = None
+    for j in range(k):
+        if j <= m and i + j < n:
+            prob = d.p[i + j]  # on the true path (j < m), or the draft's first wrong token (j == m)
+        else:
+            if branch is None:
+                branch = d.diverge.get(i + m, []) if i + m < n else []
+            b = j - m - 1
+            # Past the recorded branch the probability is unknown: the branch stopped below theta_min, so any
+            # threshold >= theta_min has stopped already; a lower one is taken to keep going (NaN in the record).
+            prob = branch[b] if b < len(branch) else math.nan
+        probs.append(prob)
+        if prob < threshold:
+            break
+    return len(probs), min(m, len(probs)), probs
+
+
+def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens: int | None = None,
+           request_class: str | None = None) -> ReplayResult:  # fmt: skip
+    """Replay one request under ``policy``; ``request_class`` overrides the trace's (None: use the trace's)."""
+    n = len(trace.target) if max_new_tokens is None else min(max_new_tokens, len(trace.target))
+    cls = trace.request_class if request_class is None else request_class
+    full = torch.tensor(trace.prompt_ids + trace.target)
+    prompt_len = trace.prompt_len
+    session = policy.start(RequestInfo(trace.prompt, full[:prompt_len], cls))
+    budget = max_new_tokens or trace.max_new_tokens
+    draft_states: dict[str, _DraftState] = defaultdict(_DraftState)
+    records: list[RoundRecord] = []
+    decode_s = 0.0
+    i = 1  # the prefill produced position 0
+    while i < n:
+        context_len = prompt_len + i
+        remaining = budget - i
+        state = RoundState(i, remaining, full[:context_len], records[-1] if records else None)
+        decision = session.decide(state)
+        k_run = min(decision.k, remaining - 1)
+        drafter = decision.drafter if k_run > 0 else NO_DRAFTER
+        proposed = matching = catchup = 0
+        probs: list[float] = []
+        draft_s = 0.0
+        source = drafter
+        if drafter in (LOOKUP, HYBRID):
+            proposed = min(trace.lookup.len[i], k_run)
+            matching = min(trace.lookup.match[i], proposed)
+            draft_s = cost.lookup_s
+            source = LOOKUP
+        if drafter not in (NO_DRAFTER, LOOKUP) and proposed == 0:
+            name = "model" if drafter == HYBRID else drafter
+            if name not in trace.drafts:
+                raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
+            proposed, matching, probs = _draft_proposal(trace, name, i, k_run, decision.threshold)
+            catchup = draft_states[name].catchup(context_len)
+            draft_s += cost.draft_s(proposed, context_len, catchup)
+            draft_states[name].after_round(context_len, proposed, trace.drafts[name].match[i])
+            source = name
+        elif drafter == HYBRID:
+            source = LOOKUP if proposed else drafter
+        verify_s = cost.verify_s(proposed + 1, context_len)
+        emitted = min(matching + 1, n - i)
+        record = RoundRecord(
+            drafter=source if proposed else drafter,
+            k=k_run,
+            proposed=proposed,
+            accepted=matching,
+            emitted=emitted,
+            context_len=context_len,
+            draft_s=draft_s,
+            verify_s=verify_s,
+            draft_probs=tuple(probs),
+            catchup=catchup,
+            k_asked=decision.k if decision.k != k_run else None,
+        )
+        records.append(record)
+        session.on_round(record)
+        decode_s += draft_s + verify_s
+        i += emitted
+    return ReplayResult(trace.request_id, cls, n, cost.prefill_s(prompt_len), decode_s, records, session.finish())
+
+
+def simulate(traces: Iterable[RequestTrace], policy: Policy, cost: CostModel,
+             max_new_tokens: int | None = None) -> SimulationResult:  # fmt: skip
+    """Replay every trace, in order, under one policy (its shared state carries from request to request)."""
+    return SimulationResult(policy.name, [replay(t, policy, cost, max_new_tokens) for t in traces])
+
+
+def per_round_oracle(trace: RequestTrace, cost: CostModel, max_k: int = 16, drafter: str = "model") -> float:
+    """Least decode time for the trace when every round's drafter and k are chosen knowing the outcome.
+
+    A shortest path over positions; the model drafter's catch-up is taken as one token (slightly optimistic).
+    """
+    n = len(trace.target)
+    d = trace.drafts[drafter]
+    best = [math.inf] * (n + 1)
+    best[n] = 0.0
+    for i in range(n - 1, 0, -1):
+        ctx = trace.prompt_len + i
+        options = [cost.verify_s(1, ctx) + best[i + 1]]
+        for k in range(1, min(max_k, n - i) + 1):
+            step = min(d.match[i], k) + 1
+            options.append(cost.draft_s(k, ctx) + cost.verify_s(k + 1, ctx) + best[min(i + step, n)])
+        for k in range(1, min(trace.lookup.len[i], max_k, n - i) + 1):
+            step = min(trace.lookup.match[i], k) + 1
+            options.append(cost.lookup_s + cost.verify_s(k + 1, ctx) + best[min(i + step, n)])
+        best[i] = min(options)
+    return best[1]
+
+
+def speedups(results: Sequence[SimulationResult], baseline: SimulationResult) -> dict[str, float]:
+    return {r.policy: r.throughput() / baseline.throughput() for r in results}

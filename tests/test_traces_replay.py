@@ -1,0 +1,111 @@
+"""Replaying a trace reproduces, round for round, what the engine does (tiny models, float32)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from adaptive_spec.engine import Decision, SpeculativeEngine, StopRule
+from adaptive_spec.policy.base import FixedPolicy, RequestInfo
+from adaptive_spec.policy.cost import CostModel, CostTable
+from adaptive_spec.runtime import eos_ids, standard_drafters
+from adaptive_spec.traces.collect import TraceCollector
+from adaptive_spec.traces.format import RequestTrace, read_traces, write_traces
+from adaptive_spec.traces.simulate import replay
+from tests.tiny import noisy_copy, tiny_model
+
+PROMPTS = [[5, 17, 42, 9, 3, 17, 42, 9, 77, 5, 17], list(range(20, 60)), [100, 101, 102, 103, 100, 101],
+           [7, 8, 9, 10, 7, 8, 9, 10, 7, 8]]
+
+
+def flat_cost() -> CostModel:
+    table = CostTable(tokens=[1, 16], contexts=[0, 1000], seconds=[[0.1, 0.2], [0.2, 0.3]])
+    return CostModel(pair_id="tiny", hardware="test", dtype="float32", target=table, draft=table)
+
+
+class _Scripted:
+    """A policy whose decisions cycle through a list (the same sequence in the engine and in replay)."""
+
+    name = "scripted"
+
+    def __init__(self, decisions):
+        self.decisions = decisions
+
+    def start(self, request: RequestInfo):
+        policy = FixedPolicy()
+        session = policy.start(request)
+        cycle = itertools.cycle(self.decisions)
+        session.decide = lambda state: next(cycle)
+        return session
+
+
+SCRIPTS = {
+    "model k=4": [Decision("model", 4)],
+    "model k=8 thr=0.5": [Decision("model", 8, 0.5)],
+    "lookup k=6": [Decision("lookup", 6)],
+    "hybrid k=5 thr=0.4": [Decision("hybrid", 5, 0.4)],
+    "switching": [Decision("model", 3), Decision("none", 0), Decision("lookup", 5), Decision("hybrid", 8, 0.6),
+                  Decision("model", 9, 0.35), Decision("none", 0), Decision("none", 0)],
+}
+
+
+def _stop(engine):
+    return StopRule(48, eos_ids(None, engine.target.model))
+
+
+@pytest.fixture(scope="module")
+def traced():
+    target = tiny_model(0)
+    draft = noisy_copy(target, 0.25, seed=1)
+    with torch.no_grad():
+        draft.lm_head.weight.mul_(3.0)  # a confident draft: probabilities on both sides of the thresholds
+    engine = SpeculativeEngine(target, standard_drafters(target, draft))
+    collector = TraceCollector(engine, draft, None, "tiny", "float32", depth=16, theta_min=0.3)
+    traces = [collector.trace(torch.tensor(p), str(p), "test", 48) for p in PROMPTS]
+    return engine, traces
+
+
+def test_trace_records_the_target_output(traced, pair):
+    engine, traces = traced
+    for prompt, trace in zip(PROMPTS, traces):
+        out = engine.generate(torch.tensor(prompt), stop=_stop(engine))
+        assert trace.target == out.new_tokens.tolist()
+    assert sum(sum(t.drafts["model"].match) for t in traces) > 0
+    assert sum(sum(t.lookup.match) for t in traces) > 0
+    assert sum(len(t.drafts["model"].diverge) for t in traces) > 0
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_replay_matches_engine_round_for_round(traced, script):
+    engine, traces = traced
+    for prompt, trace in zip(PROMPTS, traces):
+        policy = _Scripted(SCRIPTS[script])
+        session = policy.start(RequestInfo())
+        real = engine.generate(torch.tensor(prompt), session.decide, stop=_stop(engine)).records
+        sim = replay(trace, _Scripted(SCRIPTS[script]), flat_cost()).records
+        fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup)  # noqa: E731
+        assert [fields(r) for r in sim] == [fields(r) for r in real]
+        for s, r in zip(sim, real):  # the confidences a controller sees are the engine's, where recorded
+            known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]
+            assert [a for a, _ in known] == pytest.approx([b for _, b in known], abs=1e-4)
+
+
+def test_trace_file_round_trip_and_errors(traced, tmp_path):
+    _, traces = traced
+    path = tmp_path / "t.jsonl"
+    write_traces(path, traces)
+    assert [t.target for t in read_traces(path)] == [t.target for t in traces]
+    with pytest.raises(ValueError, match="model pair"):
+        read_traces(path, pair_id="other")
+    bad = tmp_path / "bad.jsonl"
+    lines = path.read_text().splitlines()
+    bad.write_text(lines[0] + "\n" + lines[1].replace('"version":1', '"version":99') + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*version 99"):
+        read_traces(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        read_traces(bad)
+    assert isinstance(traces[0], RequestTrace)
