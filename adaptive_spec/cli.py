@@ -174,6 +174,272 @@ def _run_generate(config, target, draft, pair: str, dtype: str, threads: int | N
     }
 
 
+def _models(pair: str, target, draft, dtype: str, threads: int | None, with_draft: bool = True):
+    from .models import configure_threads, load_pair
+
+    configure_threads(threads)
+    return load_pair(pair, target, draft, dtype, with_draft=with_draft)
+
+
+def _cost_model(policy_path: Optional[Path], pair_id: str, loaded=None, reps: int = 3):
+    """The cost model of a policy file, of the pair's default policy, or measured now."""
+    from .policy.file import default_policy_path, load_policy_file
+
+    path = policy_path or default_policy_path(pair_id)
+    if path.is_file():
+        return load_policy_file(path, pair_id).cost
+    if loaded is None:
+        raise UserError(f"no policy file at {path}: run `adaptive-spec calibrate` or pass --policy")
+    console.print(f"[yellow]no policy file at {path}: calibrating now[/yellow]")
+    return _calibrate(loaded, reps)
+
+
+def _calibrate(loaded, reps: int):
+    from .engine import SpeculativeEngine
+    from .policy.calibrate import calibrate as measure
+    from .policy.calibrate import measure_round_overhead
+    from .runtime import standard_drafters
+
+    engine = SpeculativeEngine(loaded.target, standard_drafters(loaded.target, loaded.draft))
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        overhead = measure_round_overhead(engine)
+        return measure(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=report,
+                       round_overhead_s=overhead)  # fmt: skip
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Optional[Path], typer.Option(help="policy file to write (default: policies/<pair>-<device>.json)")] = None,
+    reps: Annotated[int, typer.Option(min=1, help="repetitions per measured point")] = 3,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    pair: PairOpt = "qwen2.5-coder",
+    dtype: DtypeOpt = "bfloat16",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Measure forward costs on this machine and store them in a policy file (other sections are kept)."""
+    from rich.table import Table
+
+    from .policy.file import PolicyFile, default_policy_path, load_policy_file
+    from .traces.format import atomic_write_text
+
+    with user_errors():
+        loaded = _models(pair, target, draft, dtype, threads)
+        cost = _calibrate(loaded, reps)
+        device = "cuda" if cost.hardware.startswith("cuda") else "cpu"
+        path = out or default_policy_path(loaded.pair_id, device)
+        if path.is_file():
+            policy = load_policy_file(path, loaded.pair_id).model_copy(update={"cost": cost})
+        else:
+            policy = PolicyFile(name=path.stem, pair_id=loaded.pair_id, cost=cost,
+                                description="calibrated cost model, default controller settings")  # fmt: skip
+        atomic_write_text(path, policy.to_json())
+    table = Table(title=f"Cost model ({cost.hardware})")
+    for col in ("tokens", "target ms (ctx 128)", "draft ms (ctx 128)"):
+        table.add_column(col, justify="right")
+    for n in (1, 2, 4, 8, 16):
+        table.add_row(str(n), f"{cost.target(n, 128) * 1e3:.1f}", f"{cost.draft(n, 128) * 1e3:.1f}" if cost.draft else "-")
+    Console().print(table)
+    typer.echo(f"c (draft step / target step) = {cost.draft_cost_ratio:.3f}; lookup {cost.lookup_s * 1e3:.2f} ms; "
+               f"round overhead {cost.round_overhead_s * 1e3:.2f} ms")  # fmt: skip
+    for k in (1, 2, 4, 8):
+        typer.echo(f"break-even alpha, model draft k={k}: {cost.break_even_alpha('model', k):.3f}; "
+                   f"lookup k={k}: {cost.break_even_alpha('lookup', k):.3f}")  # fmt: skip
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def profile(
+    prompts: Annotated[Path, typer.Argument(help="JSONL rows {prompt, class} (fields configurable) or text lines")],
+    out: Annotated[Path, typer.Option(help="output directory (traces, report, plots); resumable")] = Path("profile"),
+    class_field: Annotated[str, typer.Option(help="JSON field holding the request class")] = "class",
+    prompt_field: Annotated[str, typer.Option(help="JSON field holding the prompt")] = "prompt",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    per_class: Annotated[Optional[int], typer.Option(help="at most this many prompts of each class")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most this many prompts in all")] = None,
+    policy: Annotated[Optional[Path], typer.Option(help="policy file whose cost model prices the report")] = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    pair: PairOpt = "qwen2.5-coder",
+    dtype: DtypeOpt = "bfloat16",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Trace a workload (one target run per prompt) and report alpha and predicted speedups per class."""
+    from .engine import SpeculativeEngine
+    from .prompts import chat_ids, check_fits, context_window
+    from .runtime import standard_drafters
+    from .traces import report as rep
+    from .traces.collect import TraceCollector, request_id
+    from .traces.format import atomic_write_text
+    from .traces.profile import profile as run_profile
+    from .traces.profile import select, write_json
+    from .traces.workload import read_workload
+
+    with user_errors():
+        workload = read_workload(prompts, prompt_field, class_field)
+        for error in workload.errors:
+            console.print(f"[yellow]skipped[/yellow] {error}")
+        rows = select(workload.rows, per_class, limit)
+        loaded = _models(pair, target, draft, dtype, threads)
+        window = context_window(target) if target else loaded.target.config.max_position_embeddings
+        cost = _cost_model(policy, loaded.pair_id, loaded)
+        engine = SpeculativeEngine(loaded.target, standard_drafters(loaded.target, loaded.draft))
+        collector = TraceCollector(engine, loaded.draft, loaded.tokenizer, loaded.pair_id, dtype)
+
+        def trace_one(row, rid):
+            ids = chat_ids(loaded.tokenizer, row.prompt)
+            check_fits(ids.shape[1], max_new_tokens, window)
+            return collector.trace(ids, row.prompt, row.request_class, max_new_tokens, rid)
+
+        with progress_bar() as bar:
+            task = bar.add_task("tracing", total=len(rows))
+            traces = run_profile(rows, trace_one, out, lambda r: request_id(r.prompt, r.request_class),
+                                 lambda n, total: bar.update(task, completed=n))  # fmt: skip
+        profiles = rep.profile_traces(traces, cost)
+        write_json(out / "report.json", rep.to_json(profiles, cost))
+        atomic_write_text(out / "report.md", rep.to_markdown(profiles, cost))
+        rep.plot(profiles, out)
+    _print_profiles(profiles)
+    typer.echo(f"wrote {out}/traces.jsonl, report.md, report.json, alpha_by_class.png, speedup_vs_k.png")
+
+
+def _print_profiles(profiles) -> None:
+    from rich.table import Table
+
+    table = Table(title="Know your alpha")
+    for col in ("class", "requests", "drafter", "alpha (90% CI)", "speedup k=1/2/4/8", "best"):
+        table.add_column(col)
+    for p in profiles:
+        for name, d in p.drafters.items():
+            k, s = d.best
+            table.add_row(p.request_class, str(p.requests), name,
+                          f"{d.alpha:.2f} ({d.alpha_interval[0]:.2f}-{d.alpha_interval[1]:.2f})",
+                          " / ".join(f"{d.speedup[k]:.2f}" for k in (1, 2, 4, 8)), f"k={k}: {s:.2f}x")  # fmt: skip
+    Console().print(table)
+    for p in profiles:
+        typer.echo(f"{p.request_class}: {p.recommendation}")
+
+
+@app.command("train-policy")
+def train_policy(
+    traces: Annotated[list[Path], typer.Argument(help="trace files (traces.jsonl from `profile`)")],
+    out: Annotated[Path, typer.Option(help="policy file to write")],
+    policy: Annotated[Optional[Path], typer.Option(help="policy file with the calibrated cost model")] = None,
+    held_out: Annotated[float, typer.Option(min=0.0, max=0.9, help="share of each class held out")] = 0.5,
+    seed: Annotated[int, typer.Option()] = 0,
+    classifier: Annotated[bool, typer.Option(help="also fit the prompt classifier on the traces' prompts")] = True,
+) -> None:
+    """Fit per-class controller settings (and the prompt classifier) by exact replay; report regret."""
+    from rich.table import Table
+
+    from .policy.file import PolicyFile, load_policy_file
+    from .policy.train import train
+    from .traces.format import atomic_write_text, read_traces
+
+    with user_errors():
+        loaded_traces = read_traces(traces)
+        pair_ids = {t.pair_id for t in loaded_traces}
+        if len(pair_ids) != 1:
+            raise UserError(f"traces mix model pairs: {', '.join(sorted(pair_ids))}")
+        pair_id = pair_ids.pop()
+        cost = _cost_model(policy, pair_id)
+        base = load_policy_file(policy, pair_id) if policy else None
+        with progress_bar() as bar:
+            task = bar.add_task("tuning classes", total=None)
+            result = train(loaded_traces, cost, held_out, seed,
+                           progress=lambda s, n, total: bar.update(task, completed=n, total=total))  # fmt: skip
+        clf = None
+        if classifier:
+            from .policy.classifier import PromptClassifier
+
+            clf = PromptClassifier(random_state=seed).fit(
+                [t.prompt for t in loaded_traces], [t.request_class for t in loaded_traces]
+            ).to_json()
+        summary = {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in result.rows}
+        document = PolicyFile(
+            name=out.stem, pair_id=pair_id, cost=cost, controller=result.config,
+            estimator=base.estimator if base else PolicyFile.model_fields["estimator"].default,
+            classifier=clf,
+            description=f"trained by train-policy on {len(loaded_traces)} traces",
+            trained_on={"traces": [str(t) for t in traces], "held_out_share": held_out, "seed": seed,
+                        "train_requests": result.train_split, "held_out_requests": result.held_out,
+                        "held_out_results": summary},
+        )  # fmt: skip
+        atomic_write_text(out, document.to_json())
+    table = Table(title="Held-out replay: throughput (tokens/s, simulated) and regret vs the per-request oracle")
+    for col in ("class", "requests", "target", "best fixed", "adaptive", "oracle", "speedup", "regret"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row(r["class"], str(r["requests"]), f"{r['target_only']:.2f}",
+                      f"{r['best_fixed_tps']:.2f} ({r['best_fixed']})", f"{r['adaptive_tps']:.2f}",
+                      f"{r['oracle_tps']:.2f}", f"{r['adaptive_speedup']:.2f}x", f"{r['regret'] * 100:.1f}%")  # fmt: skip
+    Console().print(table)
+    typer.echo(f"wrote {out}")
+
+
+DEMO_PROMPTS = Path(__file__).resolve().parents[1] / "benchmarks" / "workloads" / "demo.jsonl"
+
+
+@app.command()
+def demo(
+    prompts: Annotated[Path, typer.Option(help="JSONL {prompt, class} rows")] = DEMO_PROMPTS,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
+    policy: Annotated[Optional[Path], typer.Option(help="policy file (default: the pair's committed policy)")] = None,
+    pair: PairOpt = "qwen2.5-coder",
+    dtype: DtypeOpt = "bfloat16",
+    threads: ThreadsOpt = None,
+    use_classifier: Annotated[bool, typer.Option(help="classify prompts instead of passing their class")] = True,
+) -> None:
+    """Adaptive generation over a mixed sample of prompts, next to target-only: alpha, decisions, speed per class."""
+    from rich.table import Table
+
+    from .generator import AdaptiveGenerator
+    from .policy.file import default_policy_path
+    from .prompts import chat_ids
+    from .traces.workload import read_workload
+
+    with user_errors():
+        workload = read_workload(prompts)
+        loaded = _models(pair, None, None, dtype, threads)
+        generator = AdaptiveGenerator(loaded.target, loaded.draft, loaded.tokenizer,
+                                      policy or default_policy_path(loaded.pair_id), pair_id=loaded.pair_id)  # fmt: skip
+    rows = []
+    with progress_bar() as bar:
+        task = bar.add_task("prompts (target-only, then adaptive)", total=len(workload.rows))
+        for row in workload.rows:
+            ids = chat_ids(loaded.tokenizer, row.prompt)
+            given = None if use_classifier else row.request_class
+            plain = generator.generate(ids, max_new_tokens=max_new_tokens, speculation="off", request_class=given)
+            out = generator.generate(ids, max_new_tokens=max_new_tokens, request_class=given, prompt_text=row.prompt)
+            rows.append((row, plain, out))
+            bar.update(task, advance=1)
+    table = Table(title=f"adaptive-spec demo: {loaded.pair_id}, {dtype}, {max_new_tokens} new tokens")
+    for col in ("class", "classified as", "alpha", "decisions (rounds)", "target tok/s", "adaptive tok/s", "speedup"):
+        table.add_column(col)
+    total_plain = total_adaptive = tokens_plain = tokens_adaptive = 0.0
+    for row, plain, out in rows:
+        r = out.report
+        top = ", ".join(f"{k} {v}" for k, v in sorted(r.decisions.items(), key=lambda kv: -kv[1])[:3])
+        tp, ta = plain.result.tokens_per_second, out.result.tokens_per_second
+        total_plain += plain.result.total_s
+        total_adaptive += out.result.total_s
+        tokens_plain += plain.result.num_new_tokens
+        tokens_adaptive += out.result.num_new_tokens
+        table.add_row(row.request_class, str(r.request_class), f"{r.alpha:.2f}" if r.proposed else "-", top,
+                      f"{tp:.2f}", f"{ta:.2f}", f"{ta / tp:.2f}x")  # fmt: skip
+    Console().print(table)
+    overall = (tokens_adaptive / total_adaptive) / (tokens_plain / total_plain)
+    typer.echo(f"overall: {tokens_adaptive / total_adaptive:.2f} tok/s adaptive vs {tokens_plain / total_plain:.2f} "
+               f"target-only = {overall:.2f}x")  # fmt: skip
+
+
 def run() -> None:  # pragma: no cover
     app(prog_name="adaptive-spec")
 

@@ -109,3 +109,25 @@ def test_padded_draft_vocab(pair):
     out = engine.generate(torch.tensor(PROMPTS[0]), fixed("model", 4), stop=StopRule(30))
     assert out.sequences[0].tolist() == reference(target, PROMPTS[0], 30, eos=-1)
     assert out.accepted > 0
+
+
+def test_lookup_index_matches_brute_force():
+    import random
+
+    from adaptive_spec.engine.lookup import LookupIndex
+
+    def brute(seq, k, max_n=3, min_n=1):
+        for n in range(min(max_n, len(seq) - 1), min_n - 1, -1):
+            suffix = seq[len(seq) - n :]
+            for s in range(0, len(seq) - n):
+                if seq[s : s + n] == suffix:
+                    return seq[s + n : s + n + k], n
+        return [], 0
+
+    rng = random.Random(0)
+    for _ in range(50):
+        seq = [rng.randrange(6) for _ in range(rng.randrange(1, 60))]
+        index = LookupIndex()
+        for end in range(1, len(seq) + 1):
+            index.extend(seq[len(index.tokens) : end])
+            assert index.propose(5) == brute(seq[:end], 5)

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .kv import CachedLM
+from .lookup import LookupIndex
 from .sampling import SamplingParams, distribution, sample
 
 
@@ -116,30 +117,25 @@ class PromptLookupDrafter:
     """Model-free drafting by n-gram match over the context (prompt lookup decoding).
 
     For n from ``max_ngram`` down to ``min_ngram``, find the first earlier occurrence of the context's last n tokens
-    and propose the tokens that followed it. Deterministic, so its ``q_draft`` is a point mass.
+    and propose the tokens that followed it. Deterministic, so its ``q_draft`` is a point mass. The n-gram index
+    is kept incrementally across the rounds of a request (``reset`` starts a new one).
     """
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, name: str = "lookup"):
-        if not 1 <= min_ngram <= max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.name = name
-        self.max_ngram = max_ngram
-        self.min_ngram = min_ngram
+        self.index = LookupIndex(max_ngram, min_ngram)
 
     def reset(self) -> None:
-        pass
+        self.index.reset()
 
     def match(self, context: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
         """The proposal (up to k tokens) and the n of the n-gram that produced it (0 if none)."""
-        L = context.numel()
-        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            suffix = context[L - n :]
-            windows = context[: L - 1].unfold(0, n, 1)  # [L - n, n]; excludes the suffix itself
-            hits = (windows == suffix).all(dim=1).nonzero()
-            if hits.numel():
-                start = int(hits[0]) + n
-                return context[start : start + k], n
-        return context[:0], 0
+        index = self.index
+        if context.numel() < len(index.tokens) or (index.tokens and int(context[len(index.tokens) - 1]) != index.tokens[-1]):
+            index.reset()  # not a continuation of the indexed context
+        index.extend(context[len(index.tokens) :].tolist())
+        tokens, n = index.propose(k)
+        return torch.tensor(tokens, dtype=torch.long, device=context.device), n
 
     def propose(self, context: torch.Tensor, request: DraftRequest) -> Draft:
         if request.k <= 0:

@@ -145,3 +145,18 @@ def calibrate(
         round_overhead_s=round_overhead_s if round_overhead_s is not None else 1e-3,
         draft_step_overhead_s=measure_draft_step_overhead(CachedLM(target).vocab_size),
     )
+
+
+def measure_round_overhead(engine, tokens: int = 24, reps: int = 2) -> float:
+    """Seconds per round the engine spends outside model forwards (accept, roll back, bookkeeping)."""
+    from ..engine import StopRule, fixed
+
+    vocab = min(engine.target.vocab_size, 30_000)
+    drafter = "model" if "model" in engine.drafters else "lookup"
+    samples = []
+    for _ in range(reps):
+        ids = torch.randint(100, vocab, (64,), device=engine.device)
+        out = engine.generate(ids, fixed(drafter, 3), stop=StopRule(tokens))
+        outside = out.total_s - out.prefill_s - sum(r.draft_s + r.verify_s for r in out.records)
+        samples.append(outside / max(len(out.records), 1))
+    return max(statistics.median(samples), 0.0)

@@ -97,11 +97,13 @@ def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: f
     probs: list[float] = []
     branch = None
     for j in range(k):
-        if j <= m and i + j < n:
+        if i + j >= n:
+            prob = math.nan  # past the end of the recorded output
+        elif j <= m:
             prob = d.p[i + j]  # on the true path (j < m), or the draft's first wrong token (j == m)
         else:
             if branch is None:
-                branch = d.diverge.get(i + m, []) if i + m < n else []
+                branch = d.diverge.get(i + m, [])
             b = j - m - 1
             # Past the recorded branch the probability is unknown: the branch stopped below theta_min, so any
             # threshold >= theta_min has stopped already; a lower one is taken to keep going (NaN in the record).

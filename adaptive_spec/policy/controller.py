@@ -1,0 +1,282 @@
+"""The adaptive controller: before every round, the drafting choice with the highest expected tokens per second.
+
+Per round it compares, at the current context length (costs from the calibrated ``CostModel``):
+
+- a plain step: 1 token per target forward;
+- the model draft (drafting until its own confidence falls below the class's threshold, at most ``model_max_k``):
+  (accepted per round + 1) / (draft time + verify time), from this request's model rounds blended with the
+  class's (the class counts as at most ``prior_weight`` rounds, so a request unlike its class moves away fast);
+- prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
+  it came from, or "streak": the previous lookup round was accepted in full, as inside a copied span), blended the
+  same way, and the k up to the proposal's length that maximises the expected rate.
+
+The model draft is switched off and on with hysteresis (no flapping near break-even); while off it is probed with a
+short round every ``probe_every`` plain steps, so neither a request nor a class gets stuck off. Class statistics
+come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round is
+arithmetic on cached numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine import NO_DRAFTER, Decision, RoundState
+from ..engine.lookup import LookupIndex
+from ..records import RoundRecord
+from ..stats import AlphaEstimator, Estimate
+from .base import RequestInfo, RequestReport
+from .cost import CostModel
+
+log = structlog.get_logger("adaptive_spec.policy")
+
+MODEL = "model"
+LOOKUP = "lookup"
+STREAK = "lookup.streak"
+
+
+def lookup_key(ngram: int, streak: bool) -> str:
+    """The statistics key of a lookup proposal: its kind predicts its acceptance."""
+    return STREAK if streak else f"lookup.n{ngram}"
+
+
+class ClassSettings(BaseModel):
+    """Knobs that differ by request class (tuned by ``train-policy``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(0.6, ge=0.0, le=1.0, description="model draft stops after a token below this")
+    model_max_k: int = Field(16, ge=1, le=64)
+    lookup_max_k: int = Field(16, ge=1, le=64)
+    lookup_min_ngram: int = Field(1, ge=1, le=8, description="ignore lookup proposals from shorter n-grams")
+    use_model: bool = True
+    use_lookup: bool = True
+
+
+class ControllerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: ClassSettings = ClassSettings()
+    classes: dict[str, ClassSettings] = Field(default_factory=dict)
+    prior_weight: float = Field(16.0, gt=0, description="class estimate's weight, in rounds, against the request")
+    prior_model_accepted: float = Field(2.0, ge=0, description="cold start: accepted tokens per model round")
+    prior_model_proposed: float = Field(4.0, ge=1, description="cold start: proposed tokens per model round")
+    prior_lookup_accept: float = Field(0.5, gt=0, lt=1, description="cold start: lookup acceptance per position")
+    hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to switch the model draft on/off")
+    probe_every: int = Field(24, ge=1, description="plain steps before the switched-off model draft is re-tried")
+    probe_k: int = Field(3, ge=1)
+    refresh_tokens: int = Field(128, ge=1, description="re-price rounds after the context grows this much")
+    catchup_amortize: float = Field(4.0, ge=1, description="model rounds a long draft catch-up is spread over")
+
+    def for_class(self, request_class: str | None) -> ClassSettings:
+        return self.classes.get(request_class or "", self.default)
+
+
+@dataclasses.dataclass
+class _RoundCosts:
+    """Round costs at one context length, tabulated so a decision is a few lookups."""
+
+    context: int
+    verify: list[float]  # [n] seconds for a target forward over n tokens (index 0 unused)
+    draft_step: float
+    lookup: float
+    cost: CostModel
+
+    @classmethod
+    def at(cls, cost: CostModel, context: int, max_k: int) -> _RoundCosts:
+        verify = [0.0] + [cost.verify_s(n, context) for n in range(1, max_k + 2)]
+        step = cost.draft_s(1, context) if cost.draft is not None else math.inf
+        return cls(context, verify, step, cost.lookup_s, cost)
+
+    def model_round(self, proposed: float, catchup: int, amortize: float) -> float:
+        """A model round's time; a catch-up beyond 2 tokens is a one-off, spread over ``amortize`` rounds."""
+        if self.cost.draft is None:
+            return math.inf
+        n = min(max(1, round(proposed)), len(self.verify) - 2)
+        first = self.cost.draft_s(1, self.context, catchup)
+        if catchup > 2:
+            first = self.draft_step + (first - self.draft_step) / amortize
+        return first + (n - 1) * self.draft_step + self.verify[n + 1]
+
+
+class AdaptivePolicy:
+    """Chooses drafter and k per round from measured costs and (class + request) acceptance."""
+
+    name = "adaptive"
+
+    def __init__(self, cost: CostModel, estimator: AlphaEstimator | None = None, config: ControllerConfig | None = None,
+                 classifier=None, has_model: bool = True):  # fmt: skip
+        self.cost = cost
+        self.estimator = estimator or AlphaEstimator(pair_id=cost.pair_id)
+        self.config = config or ControllerConfig()
+        self.classifier = classifier
+        self.has_model = has_model and cost.draft is not None
+
+    def classify(self, request: RequestInfo) -> tuple[str, str]:
+        if request.request_class:
+            return request.request_class, "caller"
+        if self.classifier is not None and request.prompt:
+            return str(self.classifier.predict_one(request.prompt)[0]), "classifier"
+        return "default", "default"
+
+    def start(self, request: RequestInfo) -> AdaptiveSession:
+        request_class, source = self.classify(request)
+        return AdaptiveSession(self, request, request_class, source)
+
+
+class AdaptiveSession:
+    """One request's state: its own counts, the class estimates read at its start, the model draft's on/off."""
+
+    def __init__(self, policy: AdaptivePolicy, request: RequestInfo, request_class: str, class_source: str):
+        config = policy.config
+        self.policy = policy
+        self.config = config
+        self.settings = config.for_class(request_class)
+        self.request_class = request_class
+        self.mode = request.speculation
+        self.max_k = request.max_k
+        est = policy.estimator
+        self.requests = est.new_request()
+        self.class_model = est.estimate(request_class, MODEL) if policy.has_model else None
+        self.class_lookup: dict[str, Estimate] = {}
+        self.lookup = LookupIndex()
+        self.costs: _RoundCosts | None = None
+        self.model_on = True
+        self.plain_since_model = 0
+        self.draft_true_len = 0  # context tokens the model drafter's cache holds (mirrors ModelDrafter)
+        self.last_lookup_full = False
+        self.pending_key = NO_DRAFTER
+        self.report = RequestReport(request_class, class_source)
+        self.predicted_s = 0.0
+        self.plain_equivalent_s = 0.0
+
+    # --- deciding -----------------------------------------------------------------------------------------------
+
+    def decide(self, state: RoundState) -> Decision:
+        context_len = state.context.numel()
+        if self.costs is None or context_len - self.costs.context >= self.config.refresh_tokens:
+            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64)
+        decision, key = self._choose(state, context_len)
+        self.pending_key = key
+        return decision
+
+    def _choose(self, state: RoundState, context_len: int) -> tuple[Decision, str]:
+        s, costs = self.settings, self.costs
+        plain_rate = 1.0 / costs.verify[1]
+        if self.mode == "off":
+            return Decision(), NO_DRAFTER
+        cap = self.max_k or 64
+        best_rate, best = plain_rate, (Decision(), NO_DRAFTER)
+        if self.mode == "on":
+            best_rate = 0.0  # speculate whenever a drafter is available
+
+        # lookup: what would it propose here, and how is such a proposal accepted?
+        if s.use_lookup:
+            self.lookup.extend(state.context[len(self.lookup.tokens) :].tolist())
+            proposal, ngram = self.lookup.propose(min(s.lookup_max_k, cap))
+            if proposal and ngram >= s.lookup_min_ngram:
+                key = lookup_key(ngram, self.last_lookup_full)
+                k, rate = self._best_lookup_k(key, len(proposal))
+                if rate > best_rate:
+                    best_rate, best = rate, (Decision(LOOKUP, k), key)
+
+        # the model draft, with hysteresis on its on/off state
+        if self.policy.has_model and s.use_model:
+            rate = self._model_rate(context_len)
+            switch = (1 - self.config.hysteresis) if self.model_on else (1 + self.config.hysteresis)
+            self.model_on = rate > plain_rate * switch or self.mode == "on"
+            model = Decision(MODEL, min(s.model_max_k, cap), s.threshold)
+            if self.model_on and rate > best_rate:
+                best_rate, best = rate, (model, MODEL)
+            elif not self.model_on and best[1] == NO_DRAFTER and self.plain_since_model >= self.config.probe_every:
+                best = (Decision(MODEL, min(self.config.probe_k, cap), s.threshold), MODEL)  # a bounded probe
+        return best
+
+    def _blend(self, estimate: Estimate | None, mine_rounds: int, mine_sum: float, prior_per_round: float,
+               field: str) -> float:  # fmt: skip
+        """Per-round mean of ``field`` blending the class (capped at prior_weight rounds) with this request."""
+        weight, value = self.config.prior_weight, prior_per_round
+        if estimate is not None and estimate.rounds > 0:
+            class_value = getattr(estimate, field) / estimate.rounds
+            weight = min(estimate.rounds, self.config.prior_weight)
+            value = class_value
+        return (weight * value + mine_sum) / (weight + mine_rounds)
+
+    def _model_rate(self, context_len: int) -> float:
+        mine = self.requests.counts(MODEL)
+        accepted = self._blend(self.class_model, mine.rounds, mine.accepted_tokens,
+                               self.config.prior_model_accepted, "accepted_tokens")  # fmt: skip
+        proposed = self._blend(self.class_model, mine.rounds, mine.draft_tokens,
+                               self.config.prior_model_proposed, "draft_tokens")  # fmt: skip
+        catchup = context_len - min(self.draft_true_len, context_len - 1)
+        return (accepted + 1.0) / self.costs.model_round(proposed, catchup, self.config.catchup_amortize)
+
+    def _lookup_acceptance(self, key: str, k: int) -> list[float]:
+        estimate = self.class_lookup.get(key)
+        if estimate is None:
+            estimate = self.class_lookup[key] = self.policy.estimator.estimate(self.request_class, key)
+        mine = self.requests.counts(key)
+        out = []
+        prior = self.config.prior_lookup_accept
+        for j in range(k):
+            jj = min(j, len(mine.tried) - 1)
+            if estimate.has_data and estimate.tried[jj] > 0:
+                p = estimate.positions[jj]
+                prior_mean, weight = p.mean, min(p.weight, self.config.prior_weight)
+            else:
+                prior_mean, weight = prior, 2.0
+            out.append((prior_mean * weight + mine.accepted[jj]) / (weight + mine.tried[jj]))
+        return out
+
+    def _best_lookup_k(self, key: str, available: int) -> tuple[int, float]:
+        costs = self.costs
+        acceptance = self._lookup_acceptance(key, available)
+        best_k, best_rate = 1, 0.0
+        tokens, survive = 1.0, 1.0
+        for k in range(1, available + 1):
+            survive *= acceptance[k - 1]
+            tokens += survive
+            rate = tokens / (costs.lookup + costs.verify[min(k + 1, len(costs.verify) - 1)])
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        return best_k, best_rate
+
+    # --- learning -------------------------------------------------------------------------------------------------
+
+    def on_round(self, record: RoundRecord) -> None:
+        key = record.drafter
+        if record.drafter == LOOKUP:
+            key = self.pending_key if self.pending_key.startswith(LOOKUP) else LOOKUP
+            self.last_lookup_full = record.proposed > 0 and record.accepted == record.proposed
+        elif record.proposed > 0 or record.k > 0:
+            self.last_lookup_full = False
+        if record.drafter == MODEL:
+            self.plain_since_model = 0
+            self.draft_true_len = record.context_len + min(record.proposed - 1, record.accepted)
+        elif record.k == 0:
+            self.plain_since_model += 1
+        if key != record.drafter:
+            record = dataclasses.replace(record, drafter=key)
+        self.requests.observe(record)
+        self.policy.estimator.observe(self.request_class, record)
+        r = self.report
+        r.rounds += 1
+        r.proposed += record.proposed
+        r.accepted += record.accepted
+        name = f"{record.drafter}:{record.k}" if record.k else "plain"
+        r.decisions[name] = r.decisions.get(name, 0) + 1
+        self.predicted_s += record.draft_s + record.verify_s
+        self.plain_equivalent_s += record.emitted * (self.costs.verify[1] if self.costs else 0.0)
+
+    def finish(self) -> RequestReport:
+        self.policy.estimator.observe_request_end(self.request_class, self.requests)
+        r = self.report
+        r.extra["estimated_speedup"] = self.plain_equivalent_s / self.predicted_s if self.predicted_s else 1.0
+        r.extra["model_on_at_end"] = self.model_on
+        log.info("request_done", request_class=r.request_class, class_source=r.class_source, rounds=r.rounds,
+                 alpha=round(r.alpha, 3) if r.proposed else None, decisions=r.decisions,
+                 estimated_speedup=round(r.extra["estimated_speedup"], 3))  # fmt: skip
+        return r

@@ -1,0 +1,200 @@
+"""Fitting a policy to traces (``adaptive-spec train-policy``): per-class settings chosen by exact replay.
+
+For each request class, coordinate descent over the controller's class settings (confidence threshold, draft
+caps, which lookup proposals to trust, which drafters to use) maximises the simulated throughput of the class's
+training traces, replayed twice through one estimator (the first pass warms its statistics, as a running service
+would be). Global settings are then chosen the same way over all classes. Regret is reported against the
+per-request oracle: the best fixed configuration for each request, chosen knowing its outcome.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..stats import AlphaEstimator
+from .base import FixedPolicy
+from .controller import AdaptivePolicy, ClassSettings, ControllerConfig
+from .cost import CostModel
+
+GRID: dict[str, list] = {
+    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "model_max_k": [4, 8, 16],
+    "lookup_min_ngram": [1, 2, 3],
+    "lookup_max_k": [4, 8, 16],
+    "use_model": [True, False],
+    "use_lookup": [True, False],
+}
+GLOBAL_GRID: dict[str, list] = {
+    "prior_weight": [4.0, 8.0, 16.0, 32.0],
+    "hysteresis": [0.0, 0.05, 0.1],
+    "probe_every": [8, 16, 32, 64],
+}
+
+# Fixed configurations the oracles choose from (and the "best single fixed configuration" baseline).
+FIXED_CANDIDATES: list[FixedPolicy] = (
+    [FixedPolicy()]
+    + [FixedPolicy("model", k) for k in range(1, 9)]
+    + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 16)]
+    + [FixedPolicy("hybrid", k, t) for k in (8, 16) for t in (0.5, 0.7)]
+    + [FixedPolicy("model", k, t) for k in (8, 16) for t in (0.5, 0.7)]
+)
+
+
+@dataclass
+class TrainReport:
+    settings: dict[str, ClassSettings]
+    config: ControllerConfig
+    train_split: dict[str, list[str]]  # class -> request ids used for fitting
+    held_out: dict[str, list[str]]
+    rows: list[dict] = field(default_factory=list)  # per class: throughputs and regret on held-out traces
+
+
+def split_by_class(traces: Sequence, held_out_share: float = 0.5, seed: int = 0) -> tuple[list, list]:
+    """Stratified split: per class, a shuffled ``held_out_share`` of the traces (at least one each side if >= 2)."""
+    rng = random.Random(seed)
+    by_class: dict[str, list] = defaultdict(list)
+    for t in traces:
+        by_class[t.request_class].append(t)
+    train, test = [], []
+    for cls in sorted(by_class):
+        items = sorted(by_class[cls], key=lambda t: t.request_id)
+        rng.shuffle(items)
+        n_test = round(len(items) * held_out_share)
+        if len(items) >= 2:
+            n_test = min(max(n_test, 1), len(items) - 1)
+        test += items[:n_test]
+        train += items[n_test:]
+    return train, test
+
+
+def _simulate(traces, policy, cost):
+    from ..traces.simulate import simulate  # traces -> policy import direction: keep policy importable alone
+
+    return simulate(traces, policy, cost)
+
+
+def adaptive(cost: CostModel, config: ControllerConfig, pair_id: str | None = None) -> AdaptivePolicy:
+    """A fresh controller with an empty in-memory store."""
+    return AdaptivePolicy(cost, AlphaEstimator(pair_id=pair_id or cost.pair_id), config)
+
+
+def warm_throughput(traces: Sequence, cost: CostModel, config: ControllerConfig, warm: Sequence | None = None) -> float:
+    """Throughput on ``traces`` after the controller's store has seen ``warm`` (default: the traces themselves)."""
+    policy = adaptive(cost, config)
+    _simulate(warm if warm is not None else traces, policy, cost)
+    return _simulate(traces, policy, cost).throughput()
+
+
+def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls: str,
+               grid: dict[str, list] = GRID, passes: int = 2) -> tuple[ClassSettings, float]:  # fmt: skip
+    """Coordinate descent on one class's settings; returns the best settings and their warm throughput."""
+    current = config.for_class(cls)
+
+    def score(settings: ClassSettings) -> float:
+        trial = config.model_copy(update={"classes": {**config.classes, cls: settings}})
+        return warm_throughput(traces, cost, trial)
+
+    best = score(current)
+    for _ in range(passes):
+        improved = False
+        for name, values in grid.items():
+            for value in values:
+                if getattr(current, name) == value:
+                    continue
+                candidate = current.model_copy(update={name: value})
+                if not (candidate.use_model or candidate.use_lookup):
+                    continue
+                s = score(candidate)
+                if s > best * 1.001:
+                    best, current, improved = s, candidate, True
+        if not improved:
+            break
+    return current, best
+
+
+def tune_global(traces: Sequence, cost: CostModel, config: ControllerConfig,
+                grid: dict[str, list] = GLOBAL_GRID) -> ControllerConfig:  # fmt: skip
+    best = warm_throughput(traces, cost, config)
+    for name, values in grid.items():
+        for value in values:
+            candidate = config.model_copy(update={name: value})
+            s = warm_throughput(traces, cost, candidate)
+            if s > best * 1.001:
+                best, config = s, candidate
+    return config
+
+
+def per_request_oracle(traces: Sequence, cost: CostModel, candidates: Sequence[FixedPolicy] = FIXED_CANDIDATES):
+    """Per request, the fastest fixed configuration in hindsight: {request_id: (policy name, seconds, tokens)}."""
+    best: dict[str, tuple[str, float, int]] = {}
+    for policy in candidates:
+        for r in _simulate(traces, policy, cost).results:
+            if r.request_id not in best or r.seconds < best[r.request_id][1]:
+                best[r.request_id] = (policy.name, r.seconds, r.tokens)
+    return best
+
+
+def train(traces: Sequence, cost: CostModel, held_out_share: float = 0.5, seed: int = 0,
+          base: ControllerConfig | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainReport:  # fmt: skip
+    """Fit per-class then global settings on a training split; evaluate on the held-out split."""
+    base = base or ControllerConfig()
+    train_set, test_set = split_by_class(traces, held_out_share, seed)
+    by_class: dict[str, list] = defaultdict(list)
+    for t in train_set:
+        by_class[t.request_class].append(t)
+    classes = sorted(by_class)
+    settings: dict[str, ClassSettings] = {}
+    for n, cls in enumerate(classes, 1):
+        settings[cls], _ = tune_class(by_class[cls], cost, base, cls)
+        if progress:
+            progress("tuning classes", n, len(classes))
+    config = base.model_copy(update={"classes": settings})
+    config = tune_global(train_set, cost, config)
+    report = TrainReport(
+        settings, config,
+        {c: [t.request_id for t in ts] for c, ts in by_class.items()},
+        _ids_by_class(test_set),
+    )  # fmt: skip
+    report.rows = evaluate(test_set or train_set, cost, config, warm=train_set)
+    return report
+
+
+def _ids_by_class(traces) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for t in traces:
+        out[t.request_class].append(t.request_id)
+    return dict(out)
+
+
+def evaluate(traces: Sequence, cost: CostModel, config: ControllerConfig, warm: Sequence | None = None) -> list[dict]:
+    """Per class and overall: target-only, best fixed, adaptive (warm) and per-request-oracle throughputs."""
+    policy = adaptive(cost, config)
+    if warm:
+        _simulate(warm, policy, cost)
+    adaptive_run = _simulate(traces, policy, cost)
+    plain = _simulate(traces, FixedPolicy(), cost)
+    fixed_runs = {p.name: _simulate(traces, p, cost) for p in FIXED_CANDIDATES[1:]}
+    oracle = per_request_oracle(traces, cost)
+    rows = []
+    for cls in sorted({t.request_class for t in traces}) + [None]:
+        ids = {t.request_id for t in traces if cls is None or t.request_class == cls}
+        o_tokens = sum(v[2] for k, v in oracle.items() if k in ids)
+        o_seconds = sum(v[1] for k, v in oracle.items() if k in ids)
+        best_fixed = max(fixed_runs.items(), key=lambda kv: kv[1].throughput(cls))
+        row = {
+            "class": cls or "all",
+            "requests": len(ids),
+            "target_only": plain.throughput(cls),
+            "best_fixed": best_fixed[0],
+            "best_fixed_tps": best_fixed[1].throughput(cls),
+            "adaptive_tps": adaptive_run.throughput(cls),
+            "oracle_tps": o_tokens / o_seconds,
+        }
+        row["adaptive_speedup"] = row["adaptive_tps"] / row["target_only"]
+        row["adaptive_vs_oracle"] = row["adaptive_tps"] / row["oracle_tps"]
+        row["regret"] = 1 - row["adaptive_vs_oracle"]
+        rows.append(row)
+    return rows

@@ -1,0 +1,145 @@
+"""The adaptive controller's decisions, given a cost model and statistics (no models needed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from adaptive_spec.engine import NO_DRAFTER, RoundState
+from adaptive_spec.policy.base import RequestInfo
+from adaptive_spec.policy.controller import AdaptivePolicy, ClassSettings, ControllerConfig
+from adaptive_spec.policy.cost import CostModel, CostTable
+from adaptive_spec.records import RoundRecord
+from adaptive_spec.stats import AlphaEstimator
+
+
+def cost_model() -> CostModel:
+    # A verify that grows slowly with tokens, a draft step at c = 0.4 of a target step.
+    target = CostTable(tokens=[1, 4, 8, 17], contexts=[100, 2000], seconds=[[0.1, 0.11, 0.13, 0.16], [0.12, 0.13, 0.15, 0.19]])
+    draft = CostTable(tokens=[1, 32], contexts=[100, 2000], seconds=[[0.04, 0.06], [0.05, 0.07]])
+    return CostModel(pair_id="test", hardware="test", dtype="float32", target=target, draft=draft, lookup_s=1e-4)
+
+
+def model_round(proposed: int, accepted: int, context: int = 100) -> RoundRecord:
+    return RoundRecord("model", 16, proposed, accepted, accepted + 1, context, 0.04 * proposed, 0.12,
+                       tuple([0.9] * proposed))  # fmt: skip
+
+
+def warm(estimator: AlphaEstimator, cls: str, accept_rate: float, rounds: int = 200, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        proposed = 8
+        accepted = 0
+        while accepted < proposed and rng.random() < accept_rate:
+            accepted += 1
+        estimator.observe(cls, model_round(proposed, accepted))
+
+
+def state(context_len: int = 100, generated: int = 10) -> RoundState:
+    # no repeated n-grams: prompt lookup has nothing to propose
+    return RoundState(generated, 100, torch.arange(context_len), None)
+
+
+def policy(config: ControllerConfig | None = None) -> AdaptivePolicy:
+    return AdaptivePolicy(cost_model(), AlphaEstimator(pair_id="test"), config)
+
+
+def test_low_alpha_class_decodes_plainly():
+    p = policy()
+    warm(p.estimator, "chat", 0.1)
+    session = p.start(RequestInfo(request_class="chat"))
+    assert session.decide(state()).k == 0
+
+
+def test_high_alpha_class_drafts_long():
+    p = policy()
+    warm(p.estimator, "code", 0.95)
+    session = p.start(RequestInfo(request_class="code"))
+    decision = session.decide(state())
+    assert decision.drafter == "model" and decision.k == ClassSettings().model_max_k
+
+
+def test_break_even_costs_are_priced_not_thresholded():
+    """High acceptance but expensive drafting: the controller follows expected speed, not alpha."""
+    p = policy()
+    warm(p.estimator, "code", 0.95)
+    pricey = cost_model().model_copy(update={"draft": CostTable(tokens=[1, 32], contexts=[100], seconds=[[0.5, 0.6]])})
+    session = AdaptivePolicy(pricey, p.estimator).start(RequestInfo(request_class="code"))
+    assert session.decide(state()).k == 0
+
+
+def test_no_flapping_near_break_even():
+    """Noisy acceptance around break-even: the model draft switches on/off only a few times."""
+    p = policy(ControllerConfig(hysteresis=0.1, prior_weight=16))
+    rng = random.Random(1)
+    session = p.start(RequestInfo(request_class="edge"))
+    switches, last = 0, None
+    for i in range(400):
+        decision = session.decide(state(100 + i, 10 + i))
+        on = decision.drafter == "model"
+        if last is not None and on != last:
+            switches += 1
+        last = on
+        if on:
+            accepted = 0
+            while accepted < 2 and rng.random() < 0.45:
+                accepted += 1
+            session.on_round(model_round(2, accepted, 100 + i))
+        else:
+            session.on_round(RoundRecord(NO_DRAFTER, 0, 0, 0, 1, 100 + i, 0.0, 0.1))
+    assert switches <= 40, f"{switches} switches in 400 rounds"
+
+
+def test_switched_off_model_is_reprobed():
+    config = ControllerConfig(probe_every=8, probe_k=2)
+    p = policy(config)
+    warm(p.estimator, "chat", 0.05)
+    session = p.start(RequestInfo(request_class="chat"))
+    probes = []
+    for i in range(40):
+        decision = session.decide(state(100 + i, 10 + i))
+        if decision.drafter == "model":
+            probes.append(i)
+            session.on_round(model_round(decision.k, 0, 100 + i))
+        else:
+            session.on_round(RoundRecord(NO_DRAFTER, 0, 0, 0, 1, 100 + i, 0.0, 0.1))
+    assert probes and all(b - a >= 8 for a, b in zip(probes, probes[1:]))
+    assert len(probes) <= 40 // 8 + 1
+
+
+def test_lookup_is_used_when_the_context_repeats():
+    p = policy()
+    for _ in range(50):  # lookup proposals of this kind were accepted in full
+        p.estimator.observe("sum", RoundRecord("lookup.n3", 8, 8, 8, 9, 100, 1e-4, 0.13))
+    session = p.start(RequestInfo(request_class="sum"))
+    context = torch.tensor(list(range(50)) + list(range(10, 13)))  # the suffix 10 11 12 occurred before
+    decision = session.decide(RoundState(5, 100, context, None))
+    assert decision.drafter == "lookup" and decision.k >= 4
+
+
+def test_explicit_class_wins_over_classifier():
+    class Fixed:
+        def predict_one(self, prompt):
+            return "predicted", 0.99
+
+    p = AdaptivePolicy(cost_model(), AlphaEstimator(pair_id="test"), classifier=Fixed())
+    assert p.start(RequestInfo(prompt="x", request_class="given")).request_class == "given"
+    assert p.start(RequestInfo(prompt="x")).request_class == "predicted"
+
+
+def test_speculation_off_and_max_k():
+    p = policy()
+    warm(p.estimator, "code", 0.95)
+    assert p.start(RequestInfo(request_class="code", speculation="off")).decide(state()).k == 0
+    assert p.start(RequestInfo(request_class="code", max_k=3)).decide(state()).k == 3
+
+
+def test_decision_cost(benchmark=None):
+    """Smoke check of the per-decision path (the timing goal itself is in benchmarks/adaptive.py)."""
+    p = policy()
+    warm(p.estimator, "code", 0.8)
+    session = p.start(RequestInfo(request_class="code"))
+    for i in range(100):
+        session.decide(state(100 + i, 10 + i))
