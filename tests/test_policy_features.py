@@ -164,7 +164,8 @@ def test_pipeline_shape_and_options():
 
 
 def test_edge_cases_finite_and_nonnegative():
-    prompts = ["", " ", "\n\n\n", "?", "a", "日本語のテキストです。", "x" * 20_000, "\t" * 50 + "def f(): pass", '"' * 101]
+    prompts = ["", " ", "\n\n\n", "?", "a", "日本語のテキストです。", "x" * 20_000, "\t" * 50 + "def f(): pass"]
+    prompts.append('"' * 101)
     out = PromptFeatures().transform(prompts)
     assert np.isfinite(out).all() and (out >= 0).all()
 
