@@ -74,6 +74,16 @@ def test_predict_one_matches_predict_proba(fitted, split):
         np.testing.assert_allclose(fitted._proba_one(prompt), row, atol=1e-12)
 
 
+def test_predict_one_with_char_ngrams(split):
+    X, y, X_test, _ = split
+    clf = PromptClassifier(n_features=2**10, char_ngram_range=(3, 4), text_chars=0, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X_test[:20])
+    for prompt, row in zip(X_test[:20], proba):
+        np.testing.assert_allclose(clf._proba_one(prompt), row, atol=1e-12)
+    again = PromptClassifier.from_json(clf.to_json())
+    np.testing.assert_array_equal(again.predict_proba(X_test[:20]), proba)
+
+
 def test_same_as_plain_pipeline(fitted, split):
     X, y, X_test, _ = split
     pipe = fitted.pipeline()

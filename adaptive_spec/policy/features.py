@@ -2,9 +2,10 @@
 
 Two parts, both stateless (``fit`` learns nothing, so an online ``partial_fit`` downstream stays valid):
 
-* ``PromptFeatures``: ~50 hand-crafted numbers per prompt (length, code / JSON / markup markers, character-class
+* ``PromptFeatures``: 51 hand-crafted numbers per prompt (length, code / JSON / markup markers, character-class
   ratios, repetition, how much of the prompt is material an answer would copy, instruction-word families). Pure
-  Python, regexes compiled once; tens of microseconds for a 3,000-character prompt.
+  Python, regexes compiled once, counts by ``bytes.translate``/``count``: tens of microseconds for a short
+  prompt, a few hundred for 3,000 characters (``benchmarks/features.py``).
 * ``prompt_features_pipeline()``: those numbers squashed with a fixed ``log1p`` next to hashed word n-grams
   (``HashingVectorizer``) of the prompt's head and tail: the input of ``PromptClassifier``.
 
@@ -268,6 +269,7 @@ def prompt_feature_row(prompt: str) -> list[float]:
     chars = max(n_chars, 1)
     words = prompt.split()
     n_words = len(words)
+    n_word_chars = sum(map(len, words))  # non-whitespace characters
     lines = prompt.splitlines() or [""]
     n_lines = len(lines)
     nonblank = [s for s in (line.strip() for line in lines) if s]
@@ -282,7 +284,7 @@ def prompt_feature_row(prompt: str) -> list[float]:
         _ln(n_chars),
         _ln(n_words),
         _ln(n_lines),
-        (sum(map(len, words)) / n_words / 10) if n_words else 0.0,
+        (n_word_chars / n_words / 10) if n_words else 0.0,
         (n_lines - len(nonblank)) / n_lines,
         # code
         _ln(prompt.count("```")),
@@ -301,7 +303,7 @@ def prompt_feature_row(prompt: str) -> list[float]:
         letters / chars,
         _count(ascii_bytes, _DIGITS) / chars,
         _count(ascii_bytes, _PUNCT) / chars,
-        (n_chars - sum(map(len, words))) / chars,
+        (n_chars - n_word_chars) / chars,
         (_count(ascii_bytes, _UPPER) / letters) if letters else 0.0,
         (n_chars - len(ascii_bytes)) / chars,
         min(1.0, len(ascii_bytes.translate(_DIGIT_TABLE).split()) / n_words) if n_words else 0.0,
