@@ -359,7 +359,7 @@ def train_policy(
         if classifier:
             from .policy.classifier import PromptClassifier
 
-            clf = PromptClassifier(random_state=seed).fit(
+            clf = PromptClassifier(n_features=2**12, random_state=seed).fit(
                 [t.prompt for t in loaded_traces], [t.request_class for t in loaded_traces]
             ).to_json()
         summary = {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in result.rows}

@@ -116,11 +116,11 @@ class AdaptivePolicy:
         self.has_model = has_model and cost.draft is not None
 
     def classify(self, request: RequestInfo) -> tuple[str, str]:
-        if request.request_class:
-            return request.request_class, "caller"
-        if self.classifier is not None and request.prompt:
-            return str(self.classifier.predict_one(request.prompt)[0]), "classifier"
-        return "default", "default"
+        """The caller's class wins; else the classifier's; else "default"."""
+        from .classifier import resolve_request_class
+
+        request_class, source, _ = resolve_request_class(request.prompt, request.request_class, self.classifier)
+        return (str(request_class), source) if request_class is not None else ("default", "fixed")
 
     def start(self, request: RequestInfo) -> AdaptiveSession:
         request_class, source = self.classify(request)
