@@ -131,3 +131,65 @@ def test_lookup_index_matches_brute_force():
         for end in range(1, len(seq) + 1):
             index.extend(seq[len(index.tokens) : end])
             assert index.propose(5) == brute(seq[:end], 5)
+
+
+class CharTokenizer:
+    """Token i decodes to one letter: enough for stop strings."""
+
+    def decode(self, ids, **kw):
+        return "".join(chr(97 + int(i) % 26) for i in ids)
+
+
+def test_stop_string_ends_generation_at_the_completing_token(engine, pair):
+    prompt = PROMPTS[2]
+    free = reference(pair[0], prompt, 40, eos=-1)[len(prompt) :]
+    text = CharTokenizer().decode(free)
+    stop = text[17:20]  # a 3-letter string the free output contains
+    first = text.index(stop) + len(stop)  # tokens up to and including the one completing it
+    out = engine.generate(torch.tensor(prompt), fixed("model", 8), stop=StopRule(40, stop_strings=(stop,),
+                                                                                   tokenizer=CharTokenizer()))
+    assert out.new_tokens.tolist() == free[:first]
+    assert out.stop_reason == "stop_string"
+
+
+def test_streamer_receives_prompt_then_every_token(engine):
+    class Collect:
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.ended = True
+
+    streamer = Collect()
+    out = engine.generate(torch.tensor(PROMPTS[0]), fixed("lookup", 4), stop=StopRule(20), streamer=streamer)
+    assert streamer.ended and streamer.puts[0] == PROMPTS[0]
+    assert sum(streamer.puts[1:], []) == out.new_tokens.tolist()
+
+
+def test_bad_decisions_fail_loudly(engine):
+    with pytest.raises(ValueError, match="unknown drafter"):
+        engine.generate(torch.tensor(PROMPTS[0]), fixed("nope", 3), stop=StopRule(5))
+    with pytest.raises(ValueError, match="k must be"):
+        engine.generate(torch.tensor(PROMPTS[0]), fixed("model", -1), stop=StopRule(5))
+    with pytest.raises(ValueError, match="non-empty"):
+        engine.generate(torch.tensor([], dtype=torch.long), stop=StopRule(5))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        StopRule(0)
+
+
+def test_mismatched_tokenizers_are_refused():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from adaptive_spec.models import ModelLoadError, check_compatible
+
+    def tok(words):
+        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, "a")))
+
+    check_compatible(tok(["a", "b", "c"]), tok(["a", "b", "c"]))
+    with pytest.raises(ModelLoadError, match="tokenizers differ"):
+        check_compatible(tok(["a", "b", "c"]), tok(["a", "c", "b"]))

@@ -1,0 +1,256 @@
+"""Adaptive benchmark: the controller against fixed configurations on a mixed Spec-Bench workload (real pair).
+
+Greedy, bf16, 2 threads, 128 new tokens. The workload is the held-out half of the traced Spec-Bench prompts (the
+policy was trained on the other half), all categories mixed in one shuffled stream. For every prompt, back to
+back in one process:
+
+- target-only (this engine, plain steps) and HF assisted generation with its defaults;
+- the best single fixed configuration in hindsight (over model draft k = 1..8 and prompt lookup) and the
+  per-category oracle (the best fixed configuration of each category in hindsight) — "hindsight" is decided by
+  exact replay of these prompts' own traces, then run for real;
+- AdaptiveGenerator with the trained policy, starting cold (empty statistics store), classifying each prompt
+  itself (no class given).
+
+Plus the off path: a policy that never speculates, through the full controller, against target-only; and the
+controller's per-decision cost.
+
+    python benchmarks/adaptive.py --traces /path/to/traces.jsonl --policy policies/qwen2.5-coder-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
+from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
+from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
+from adaptive_spec.policy.controller import ClassSettings  # noqa: E402
+from adaptive_spec.policy.file import load_policy_file  # noqa: E402
+from adaptive_spec.policy.train import split_by_class  # noqa: E402
+from adaptive_spec.prompts import chat_ids  # noqa: E402
+from adaptive_spec.traces.format import read_traces  # noqa: E402
+from adaptive_spec.traces.simulate import simulate  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+FIXED = [FixedPolicy("model", k) for k in range(1, 9)] + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 10, 16)]
+
+
+class Timed:
+    """Wraps a policy to time its decide() calls (microseconds)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.samples = inner, inner.name, []
+
+    def start(self, request):
+        session = self.inner.start(request)
+        decide = session.decide
+
+        def timed(state):
+            t0 = time.perf_counter()
+            decision = decide(state)
+            self.samples.append((time.perf_counter() - t0) * 1e6)
+            return decision
+
+        session.decide = timed
+        return session
+
+
+def hindsight(traces, cost):
+    """Best single fixed configuration overall, and per class, by exact replay."""
+    runs = {p.name: simulate(traces, p, cost) for p in FIXED}
+    best = max(runs, key=lambda n: runs[n].throughput())
+    classes = sorted({t.request_class for t in traces})
+    per_class = {c: max(runs, key=lambda n: runs[n].throughput(c)) for c in classes}
+    by_name = {p.name: p for p in FIXED}
+    return by_name[best], {c: by_name[n] for c, n in per_class.items()}, {n: r.throughput() for n, r in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traces", type=Path, required=True)
+    parser.add_argument("--policy", type=Path, default=ROOT / "policies" / "qwen2.5-coder-cpu.json")
+    parser.add_argument("--held-out", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts (quick runs)")
+    parser.add_argument("--off-prompts", type=int, default=6, help="prompts for the off-path measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS / "adaptive")
+    args = parser.parse_args()
+
+    configure_threads(args.threads)
+    policy_file = load_policy_file(args.policy)
+    traces = read_traces(args.traces, pair_id=policy_file.pair_id)
+    _, held_out = split_by_class(traces, args.held_out, args.seed)
+    random.Random(args.seed).shuffle(held_out)
+    held_out = held_out[: args.limit] if args.limit else held_out
+    best_fixed, per_class, sim_fixed = hindsight(held_out, policy_file.cost)
+    print(f"best single fixed in hindsight: {best_fixed.name}; per class: "
+          f"{ {c: p.name for c, p in per_class.items()} }", flush=True)  # fmt: skip
+
+    pair = load_pair(dtype="bfloat16")
+    tok = pair.tokenizer
+    adaptive_policy = Timed(policy_from_file(policy_file))  # empty in-memory store: a cold start
+    adaptive = AdaptiveGenerator(pair.target, pair.draft, tok, policy=adaptive_policy)
+    fixed_gen = AdaptiveGenerator(pair.target, pair.draft, tok, policy=best_fixed)
+    default_assistant = copy.deepcopy(pair.draft.generation_config)
+
+    def run_fixed(policy):
+        fixed_gen.policy = policy
+        return lambda ids, row: fixed_gen.generate(ids, max_new_tokens=args.max_new_tokens).result
+
+    def hf_default(ids, row):
+        pair.draft.generation_config = copy.deepcopy(default_assistant)
+        start = time.perf_counter()
+        out = pair.target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=pair.draft,
+                                   do_sample=False, max_new_tokens=args.max_new_tokens,
+                                   pad_token_id=tok.pad_token_id)  # fmt: skip
+        return _Result(out.shape[1] - ids.shape[1], time.perf_counter() - start)
+
+    configs = {
+        "target-only": lambda ids, row: fixed_gen.generate(ids, max_new_tokens=args.max_new_tokens,
+                                                           speculation="off").result,  # fmt: skip
+        "hf assisted default": hf_default,
+        f"best fixed ({best_fixed.name})": run_fixed(best_fixed),
+        "per-category oracle": lambda ids, row: run_fixed(per_class[row.request_class])(ids, row),
+        "adaptive (cold)": lambda ids, row: adaptive.generate(ids, max_new_tokens=args.max_new_tokens,
+                                                              prompt_text=row.prompt).result,  # fmt: skip
+    }
+    warm = chat_ids(tok, "Say hi.")
+    for name, run in configs.items():
+        if name != "adaptive (cold)":  # the adaptive store must start empty
+            run(warm, held_out[0])
+
+    rows = []
+    names = list(configs)
+    for p, trace in enumerate(held_out):
+        ids = torch.tensor([trace.prompt_ids])
+        order = names[p % len(names) :] + names[: p % len(names)]
+        for name in order:
+            result = configs[name](ids, trace)
+            rows.append({"prompt": p, "class": trace.request_class, "config": name,
+                         "tokens": result.num_new_tokens, "seconds": result.total_s})  # fmt: skip
+            print(f"[{p + 1}/{len(held_out)}] {trace.request_class:15s} {name:32s} "
+                  f"{result.num_new_tokens / result.total_s:6.2f} tok/s", flush=True)  # fmt: skip
+
+    off = off_path(pair, policy_file, tok, held_out[: args.off_prompts], args.max_new_tokens)
+    summary = summarize(rows, names, adaptive_policy.samples, off, sim_fixed)
+    meta = {"prompts": len(held_out), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+            "policy": str(args.policy), "traces": str(args.traces), "best_fixed": best_fixed.name,
+            "per_category_oracle": {c: p.name for c, p in per_class.items()}}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(summary, meta))
+    plot(summary, args.out.with_suffix(".png"))
+    print(markdown(summary, meta))
+
+
+class _Result:
+    def __init__(self, tokens: int, seconds: float):
+        self.num_new_tokens, self.total_s = tokens, seconds
+
+
+def off_path(pair, policy_file, tok, traces, max_new_tokens) -> dict:
+    """A controller that never speculates (every drafter disabled) vs plain decoding, interleaved."""
+    off_settings = ClassSettings(use_model=False, use_lookup=False)
+    config = policy_file.controller.model_copy(update={"default": off_settings, "classes": {}})
+    off_policy = policy_from_file(policy_file.model_copy(update={"controller": config}))
+    gen_off = AdaptiveGenerator(pair.target, pair.draft, tok, policy=off_policy)
+    gen_plain = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy())
+    times = defaultdict(float)
+    tokens = defaultdict(int)
+    for i, trace in enumerate(traces):
+        ids = torch.tensor([trace.prompt_ids])
+        for name, gen in ([("plain", gen_plain), ("off", gen_off)] if i % 2 == 0 else
+                          [("off", gen_off), ("plain", gen_plain)]):  # fmt: skip
+            out = gen.generate(ids, max_new_tokens=max_new_tokens).result
+            times[name] += out.total_s
+            tokens[name] += out.num_new_tokens
+            assert all(r.k == 0 for r in out.records)
+    plain_tps, off_tps = tokens["plain"] / times["plain"], tokens["off"] / times["off"]
+    return {"prompts": len(traces), "plain_tps": plain_tps, "off_tps": off_tps, "overhead": plain_tps / off_tps - 1}
+
+
+def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
+    classes = sorted({r["class"] for r in rows})
+    tps = {}
+    for name in names:
+        tps[name] = {}
+        for cls in classes + ["all"]:
+            rs = [r for r in rows if r["config"] == name and (cls == "all" or r["class"] == cls)]
+            tps[name][cls] = sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs)
+    base, adaptive = "target-only", "adaptive (cold)"
+    best = next(n for n in names if n.startswith("best fixed"))
+    speedup = {n: {c: tps[n][c] / tps[base][c] for c in tps[n]} for n in names}
+    return {
+        "tokens_per_s": tps,
+        "speedup_vs_target": speedup,
+        "adaptive_vs_best_fixed": tps[adaptive]["all"] / tps[best]["all"],
+        "adaptive_vs_per_category_oracle": tps[adaptive]["all"] / tps["per-category oracle"]["all"],
+        "worst_category_vs_target": min(speedup[adaptive][c] for c in classes),
+        "decide_us": {"p50": statistics.median(decide_us), "p99": sorted(decide_us)[int(0.99 * len(decide_us))],
+                      "count": len(decide_us)},  # fmt: skip
+        "off_path": off,
+        "simulated_fixed_tps": sim_fixed,
+    }
+
+
+def markdown(summary, meta) -> str:
+    tps = summary["tokens_per_s"]
+    classes = [c for c in next(iter(tps.values())) if c != "all"] + ["all"]
+    lines = ["# Adaptive benchmark", "",
+             f"Reference pair, bf16, {meta['threads']} threads, greedy, {meta['max_new_tokens']} new tokens, "
+             f"{meta['prompts']} held-out Spec-Bench prompts, shuffled, every configuration interleaved per prompt. "
+             f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**.", "",
+             "Speedup over target-only (tokens/s ratio):", "",
+             "| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]  # fmt: skip
+    for name, row in summary["speedup_vs_target"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in classes) + " |")
+    d, o = summary["decide_us"], summary["off_path"]
+    lines += ["", f"- adaptive / best single fixed: **{summary['adaptive_vs_best_fixed']:.3f}** (bar >= 1.15)",
+              f"- adaptive / per-category oracle: **{summary['adaptive_vs_per_category_oracle']:.3f}** (bar >= 0.90)",
+              f"- worst category, adaptive / target-only: **{summary['worst_category_vs_target']:.3f}** (bar >= 0.98)",
+              f"- controller decision cost: p50 {d['p50']:.1f} us, p99 {d['p99']:.1f} us over {d['count']} decisions "
+              "(bar p50 <= 50 us)",
+              f"- off path: a controller that never speculates runs at {o['off_tps']:.3f} tok/s vs {o['plain_tps']:.3f} "
+              f"plain: overhead {o['overhead'] * 100:.2f}% (bar <= 2%)"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = summary["speedup_vs_target"]
+    names = [n for n in speed if n != "target-only"]
+    classes = [c for c in next(iter(speed.values()))]
+    fig, ax = plt.subplots(figsize=(max(8, len(classes) * 0.9), 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar([j + i * width for j in range(len(classes))], [speed[name][c] for c in classes], width, label=name)
+    ax.axhline(1.0, color="gray", ls="--", lw=1)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(classes))], classes, rotation=45, ha="right")
+    ax.set_ylabel("speedup over target-only")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
