@@ -20,8 +20,8 @@ from .controller import AdaptivePolicy, ClassSettings, ControllerConfig
 from .cost import CostModel
 
 GRID: dict[str, list] = {
-    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-    "model_max_k": [4, 8, 16],
+    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
+    "model_max_k": [1, 2, 3, 4, 6, 8, 16],
     "lookup_min_ngram": [1, 2, 3],
     "lookup_max_k": [4, 8, 16],
     "use_model": [True, False],

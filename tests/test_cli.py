@@ -1,0 +1,85 @@
+"""The command line: bad input fails in one line with exit code 2, before any model work; commands run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adaptive_spec.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_TRACES = ROOT / "notebooks" / "data" / "traces_small.jsonl"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "   "], "prompt"),
+        (["generate", "hi", "--k", "-1"], "k:"),
+        (["generate", "hi", "--temperature", "-0.5"], "temperature"),
+        (["generate", "hi", "--top-p", "1.5"], "top_p"),
+        (["generate", "hi", "--top-p", "0"], "top_p"),
+        (["generate", "hi", "--mode", "fast"], "mode"),
+        (["models", "fetch", "--pair", "nope"], "unknown model pair"),
+        (["train-policy", "missing.jsonl", "--out", "x.json"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) <= 2 and message in result.output  # rich may wrap one long line
+
+
+def test_train_policy_on_small_traces(tmp_path):
+    out = tmp_path / "policy.json"
+    result = runner.invoke(app, ["train-policy", str(SMALL_TRACES), "--out", str(out),
+                                 "--policy", str(ROOT / "policies" / "qwen2.5-coder-cpu.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from adaptive_spec.policy.file import load_policy_file
+
+    policy = load_policy_file(out, "qwen2.5-coder")
+    assert policy.controller.classes and policy.classifier is not None
+    assert "regret" in result.output
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_generate_streams_and_reports():
+    result = runner.invoke(app, ["generate", "Write a Python function that adds two numbers.", "--mode", "hybrid",
+                                 "--k", "4", "--max-new-tokens", "12", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["new_tokens"] == 12 and summary["rounds"] >= 1
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_prompt_beyond_context_window():
+    result = runner.invoke(app, ["generate", "hi", "--max-new-tokens", "40000"])
+    assert result.exit_code == 2 and "context window" in result.output
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_profile_is_resumable_and_reports(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "Summarize: the cat sat on the mat. The cat sat on the mat.", "class": "sum"}) + "\n"
+        + "{broken\n"
+        + json.dumps({"prompt": "Write a haiku about rain.", "class": "poem"}) + "\n"
+    )  # fmt: skip
+    out = tmp_path / "prof"
+    args = ["profile", str(prompts), "--out", str(out), "--max-new-tokens", "12"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "p.jsonl:2" in first.output  # the malformed line is named, the rest processed
+    for name in ("traces.jsonl", "report.md", "report.json", "alpha_by_class.png", "speedup_vs_k.png"):
+        assert (out / name).is_file(), name
+    traced = (out / "progress.jsonl").read_text()
+    second = runner.invoke(app, args)  # resumes: nothing is traced again
+    assert second.exit_code == 0 and (out / "progress.jsonl").read_text() == traced
