@@ -62,6 +62,18 @@ def progress_bar() -> Progress:
     )
 
 
+def staged(bar: Progress):
+    """A ``progress(stage, done, total)`` callback that shows one bar per stage."""
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return report
+
+
 @app.callback()
 def main(
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
@@ -83,14 +95,7 @@ def models_fetch(pair: PairOpt = "qwen2.5-coder") -> None:
         reference = get_pair(pair)
         settings = get_settings()
         with progress_bar() as bar:
-            tasks: dict[str, int] = {}
-
-            def report(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total)
-                bar.update(tasks[stage], completed=done)
-
-            target, draft = fetch_pair(reference, settings.models_dir, report)
+            target, draft = fetch_pair(reference, settings.models_dir, staged(bar))
     typer.echo(f"target: {target}\ndraft:  {draft}")
 
 
@@ -202,15 +207,8 @@ def _calibrate(loaded, reps: int):
 
     engine = SpeculativeEngine(loaded.target, standard_drafters(loaded.target, loaded.draft))
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
         overhead = measure_round_overhead(engine)
-        return measure(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=report,
+        return measure(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=staged(bar),
                        round_overhead_s=overhead)  # fmt: skip
 
 
