@@ -308,6 +308,20 @@ def profile(
     typer.echo(f"wrote {out}/traces.jsonl, report.md, report.json, alpha_by_class.png, speedup_vs_k.png")
 
 
+def _fit_classifier(traces, result, extra: Optional[Path], seed: int) -> dict:
+    """The prompt classifier, fitted on the training split (and extra prompts), never on held-out prompts."""
+    from .policy.classifier import PromptClassifier
+    from .traces.workload import read_workload
+
+    held_out = {rid for ids in result.held_out.values() for rid in ids}
+    held_out_prompts = {t.prompt for t in traces if t.request_id in held_out}
+    rows = [(t.prompt, t.request_class) for t in traces if t.request_id not in held_out]
+    if extra is not None:
+        rows += [(r.prompt, r.request_class) for r in read_workload(extra).rows if r.prompt not in held_out_prompts]
+    prompts, labels = zip(*dict(rows).items())
+    return PromptClassifier(n_features=2**12, random_state=seed).fit(list(prompts), list(labels)).to_json()
+
+
 def _print_profiles(profiles) -> None:
     from rich.table import Table
 
@@ -332,7 +346,9 @@ def train_policy(
     policy: Annotated[Optional[Path], typer.Option(help="policy file with the calibrated cost model")] = None,
     held_out: Annotated[float, typer.Option(min=0.0, max=0.9, help="share of each class held out")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
-    classifier: Annotated[bool, typer.Option(help="also fit the prompt classifier on the traces' prompts")] = True,
+    classifier: Annotated[bool, typer.Option(help="also fit the prompt classifier (training split only)")] = True,
+    classifier_prompts: Annotated[Optional[Path], typer.Option(
+        help="more labelled prompts (JSONL prompt/class) for the classifier; held-out prompts are excluded")] = None,
 ) -> None:
     """Fit per-class controller settings (and the prompt classifier) by exact replay; report regret."""
     from rich.table import Table
@@ -355,11 +371,7 @@ def train_policy(
                            progress=lambda s, n, total: bar.update(task, completed=n, total=total))  # fmt: skip
         clf = None
         if classifier:
-            from .policy.classifier import PromptClassifier
-
-            clf = PromptClassifier(n_features=2**12, random_state=seed).fit(
-                [t.prompt for t in loaded_traces], [t.request_class for t in loaded_traces]
-            ).to_json()
+            clf = _fit_classifier(loaded_traces, result, classifier_prompts, seed)
         summary = {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in result.rows}
         document = PolicyFile(
             name=out.stem, pair_id=pair_id, cost=cost, controller=result.config,

@@ -1,0 +1,65 @@
+"""The cost model: interpolation, Leviathan's expectation, break-even; calibration on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from adaptive_spec.policy.cost import CostModel, CostTable, expected_tokens
+
+
+def model(draft_s: float = 0.04) -> CostModel:
+    target = CostTable(tokens=[1, 8], contexts=[100, 1100], seconds=[[0.1, 0.14], [0.2, 0.24]])
+    draft = CostTable(tokens=[1, 8], contexts=[100], seconds=[[draft_s, draft_s * 2]])
+    return CostModel(pair_id="p", hardware="h", dtype="bfloat16", target=target, draft=draft, lookup_s=0.0,
+                     round_overhead_s=0.0, draft_step_overhead_s=0.0)  # fmt: skip
+
+
+def test_interpolates_in_tokens_and_context():
+    cost = model()
+    assert cost.target(1, 100) == pytest.approx(0.1)
+    assert cost.target(4.5, 100) == pytest.approx(0.12)
+    assert cost.target(1, 600) == pytest.approx(0.15)
+    assert cost.target(1, 2100) == pytest.approx(0.3)  # extrapolates along the last slope
+
+
+def test_expected_tokens_is_leviathans_formula():
+    for a in (0.1, 0.5, 0.9):
+        for k in (1, 3, 8):
+            assert expected_tokens([a], k) == pytest.approx((1 - a ** (k + 1)) / (1 - a))
+
+
+def test_break_even_and_speedup():
+    cost = model()
+    be = cost.break_even_alpha("model", 2, context=100)
+    assert 0 < be < 1
+    assert cost.expected_speedup("model", [be], 2, 100) == pytest.approx(1.0, abs=1e-6)
+    assert cost.expected_speedup("model", [0.95], 4, 100) > 1.5
+    assert cost.best_k("model", [0.05], 8, 100) == (0, 1.0)  # poor acceptance: don't speculate
+    assert math.isnan(model(draft_s=1.0).break_even_alpha("model", 4))  # never pays
+
+
+def test_rejects_bad_tables():
+    with pytest.raises(ValidationError):
+        CostTable(tokens=[1, 8], contexts=[100], seconds=[[0.1, float("nan")]])
+    with pytest.raises(ValidationError):
+        CostTable(tokens=[8, 1], contexts=[100], seconds=[[0.1, 0.2]])
+    with pytest.raises(ValidationError):
+        CostTable(tokens=[1, 8], contexts=[100, 200], seconds=[[0.1, 0.2]])
+
+
+def test_calibrate_a_tiny_pair(pair):
+    from adaptive_spec.engine import SpeculativeEngine
+    from adaptive_spec.policy.calibrate import calibrate, measure_round_overhead
+    from adaptive_spec.runtime import standard_drafters
+
+    target, draft = pair
+    cost = calibrate(target, draft, "tiny", "float32", reps=1, contexts=(16, 64))
+    assert cost.draft is not None and cost.prefill is not None
+    assert all(s > 0 for row in cost.target.seconds for s in row)
+    overhead = measure_round_overhead(SpeculativeEngine(target, standard_drafters(target, draft)), tokens=8, reps=1)
+    assert 0 <= overhead < 1.0
+    assert torch.get_num_threads() >= 1
