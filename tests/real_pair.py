@@ -11,8 +11,9 @@ SPEC_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s
 
 @functools.cache
 def load(dtype: str):
-    from adaptive_spec.models import load_pair
+    from adaptive_spec.models import configure_threads, load_pair
 
+    configure_threads(2)
     return load_pair(dtype=dtype)
 
 
