@@ -85,7 +85,11 @@ class AdaptiveGenerator:
                     "`adaptive-spec train-policy` or `adaptive-spec calibrate`), or pair_id= of a known pair"
                 )
             policy = load_policy_file(path, pair_id)
-        return policy_from_file(policy, store, has_model=draft is not None)
+        return policy_from_file(policy, store, model_drafters=self.model_drafters())
+
+    def model_drafters(self) -> list[str]:
+        """The engine's model-type drafters (prompt lookup and composites excluded)."""
+        return [name for name, d in self.engine.drafters.items() if name not in ("lookup", "hybrid")]
 
     # --- generate ------------------------------------------------------------------------------------------------
 
@@ -140,14 +144,18 @@ class AdaptiveGenerator:
         return config
 
 
-def policy_from_file(policy: PolicyFile, store: StatsStore | None = None, has_model: bool = True) -> AdaptivePolicy:
+def policy_from_file(policy: PolicyFile, store: StatsStore | None = None,
+                     model_drafters: list[str] | None = None) -> AdaptivePolicy:  # fmt: skip
+    """The controller a policy file describes; ``model_drafters``: those the engine has (None: all costed)."""
     estimator = AlphaEstimator(store, pair_id=policy.pair_id, **policy.estimator.model_dump())
     classifier = None
     if policy.classifier is not None:
         from .policy.classifier import PromptClassifier
 
         classifier = PromptClassifier.from_json(policy.classifier)
-    return AdaptivePolicy(policy.cost, estimator, policy.controller, classifier, has_model=has_model)
+    if model_drafters is not None:
+        model_drafters = [d for d in model_drafters if d in policy.cost.drafts]
+    return AdaptivePolicy(policy.cost, estimator, policy.controller, classifier, model_drafters)
 
 
 def make_adaptive(model: PreTrainedModel, **kwargs: Any) -> AdaptiveGenerator:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
-from adaptive_spec.policy.controller import ClassSettings  # noqa: E402
+from adaptive_spec.policy.controller import ClassSettings, DraftSettings  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
@@ -168,7 +168,7 @@ def off_path(pair, policy_file, tok, traces, max_new_tokens) -> dict:
 
     Plain decoding twice over: this engine with no policy work (a fixed k = 0), and transformers' ``generate``.
     """
-    off_settings = ClassSettings(use_model=False, use_lookup=False)
+    off_settings = ClassSettings(model=DraftSettings(enabled=False), use_lookup=False)
     config = policy_file.controller.model_copy(update={"default": off_settings, "classes": {}})
     off_policy = policy_from_file(policy_file.model_copy(update={"controller": config}))
     gen_off = AdaptiveGenerator(pair.target, pair.draft, tok, policy=off_policy)

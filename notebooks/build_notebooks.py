@@ -105,7 +105,7 @@ for name, tps in rows.items():
     ("code", '''thresholds = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 scores = []
 for t in thresholds:
-    c = config.model_copy(update={"default": config.default.model_copy(update={"threshold": t}), "classes": {}})
+    c = config.model_copy(update={"default": T.with_setting(config.default, "model.threshold", t), "classes": {}})
     scores.append(T.warm_throughput(test_set, cost, c, warm=train_set) / base)
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot(thresholds, scores, marker="o"); ax.set_xlabel("threshold"); ax.set_ylabel("speedup (one setting for all classes)")

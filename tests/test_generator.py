@@ -9,7 +9,7 @@ import torch
 
 from adaptive_spec.generator import AdaptiveGenerator, make_adaptive
 from adaptive_spec.policy.base import RequestInfo
-from adaptive_spec.policy.controller import ClassSettings, ControllerConfig
+from adaptive_spec.policy.controller import ClassSettings, ControllerConfig, DraftSettings
 from adaptive_spec.policy.cost import CostModel, CostTable
 from adaptive_spec.policy.file import PolicyFile, PolicyFileError, load_policy_file
 from adaptive_spec.stats import MemoryStatsStore
@@ -20,7 +20,7 @@ PROMPTS = [[5, 17, 42, 9, 3, 17, 42, 9, 77, 5, 17], list(range(20, 60)), [7, 8, 
 def tiny_policy(draft_s: float = 0.03, **controller) -> PolicyFile:
     target = CostTable(tokens=[1, 4, 8, 17], contexts=[16, 512], seconds=[[0.1, 0.11, 0.13, 0.16], [0.12, 0.13, 0.15, 0.19]])
     draft = CostTable(tokens=[1, 32], contexts=[16, 512], seconds=[[draft_s, draft_s + 0.02], [draft_s + 0.01, draft_s + 0.03]])
-    cost = CostModel(pair_id="tiny", hardware="test", dtype="float32", target=target, draft=draft, lookup_s=1e-4)
+    cost = CostModel(pair_id="tiny", hardware="test", dtype="float32", target=target, drafts={"model": draft}, lookup_s=1e-4)
     return PolicyFile(name="tiny", pair_id="tiny", cost=cost, controller=ControllerConfig(**controller))
 
 
@@ -64,7 +64,7 @@ def test_lossless_while_the_controller_switches(pair, probe_every):
     target, draft = pair
     # an expensive draft: the model is mostly off and comes back in probes (off -> on transitions)
     inner = policy_from_file(tiny_policy(0.2, probe_every=probe_every, probe_k=2, hysteresis=0.0,
-                                         default=ClassSettings(threshold=0.3, model_max_k=6)))  # fmt: skip
+                                         default=ClassSettings(model=DraftSettings(threshold=0.3, max_k=6))))  # fmt: skip
     policy = Recording(inner)
     gen = AdaptiveGenerator(target, draft, policy=policy)
     drafters_seen, catch_ups = set(), 0

@@ -19,7 +19,7 @@ def cost_model() -> CostModel:
     # A verify that grows slowly with tokens, a draft step at c = 0.4 of a target step.
     target = CostTable(tokens=[1, 4, 8, 17], contexts=[100, 2000], seconds=[[0.1, 0.11, 0.13, 0.16], [0.12, 0.13, 0.15, 0.19]])
     draft = CostTable(tokens=[1, 32], contexts=[100, 2000], seconds=[[0.04, 0.06], [0.05, 0.07]])
-    return CostModel(pair_id="test", hardware="test", dtype="float32", target=target, draft=draft, lookup_s=1e-4)
+    return CostModel(pair_id="test", hardware="test", dtype="float32", target=target, drafts={"model": draft}, lookup_s=1e-4)
 
 
 def model_round(proposed: int, accepted: int, context: int = 100) -> RoundRecord:
@@ -58,14 +58,14 @@ def test_high_alpha_class_drafts_long():
     warm(p.estimator, "code", 0.95)
     session = p.start(RequestInfo(request_class="code"))
     decision = session.decide(state())
-    assert decision.drafter == "model" and decision.k == ClassSettings().model_max_k
+    assert decision.drafter == "model" and decision.k == ClassSettings().model.max_k
 
 
 def test_break_even_costs_are_priced_not_thresholded():
     """High acceptance but expensive drafting: the controller follows expected speed, not alpha."""
     p = policy()
     warm(p.estimator, "code", 0.95)
-    pricey = cost_model().model_copy(update={"draft": CostTable(tokens=[1, 32], contexts=[100], seconds=[[0.5, 0.6]])})
+    pricey = cost_model().model_copy(update={"drafts": {"model": CostTable(tokens=[1, 32], contexts=[100], seconds=[[0.5, 0.6]])}})
     session = AdaptivePolicy(pricey, p.estimator).start(RequestInfo(request_class="code"))
     assert session.decide(state()).k == 0
 

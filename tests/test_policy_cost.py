@@ -14,7 +14,7 @@ from adaptive_spec.policy.cost import CostModel, CostTable, expected_tokens
 def model(draft_s: float = 0.04) -> CostModel:
     target = CostTable(tokens=[1, 8], contexts=[100, 1100], seconds=[[0.1, 0.14], [0.2, 0.24]])
     draft = CostTable(tokens=[1, 8], contexts=[100], seconds=[[draft_s, draft_s * 2]])
-    return CostModel(pair_id="p", hardware="h", dtype="bfloat16", target=target, draft=draft, lookup_s=0.0,
+    return CostModel(pair_id="p", hardware="h", dtype="bfloat16", target=target, drafts={"model": draft}, lookup_s=0.0,
                      round_overhead_s=0.0, draft_step_overhead_s=0.0)  # fmt: skip
 
 

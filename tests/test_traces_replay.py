@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from adaptive_spec.engine import Decision, SpeculativeEngine, StopRule
+from adaptive_spec.engine import Decision, SpeculativeEngine, StopRule, fixed
 from adaptive_spec.policy.base import FixedPolicy, RequestInfo
 from adaptive_spec.policy.cost import CostModel, CostTable
 from adaptive_spec.runtime import eos_ids, standard_drafters
@@ -23,7 +23,7 @@ PROMPTS = [[5, 17, 42, 9, 3, 17, 42, 9, 77, 5, 17], list(range(20, 60)), [100, 1
 
 def flat_cost() -> CostModel:
     table = CostTable(tokens=[1, 16], contexts=[0, 1000], seconds=[[0.1, 0.2], [0.2, 0.3]])
-    return CostModel(pair_id="tiny", hardware="test", dtype="float32", target=table, draft=table)
+    return CostModel(pair_id="tiny", hardware="test", dtype="float32", target=table, drafts={"model": table})
 
 
 class _Scripted:

@@ -139,7 +139,7 @@ def calibrate(
         dtype=dtype,
         measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         target=target_table,
-        draft=draft_table,
+        drafts={"model": draft_table} if draft_table is not None else {},
         prefill=prefill,
         lookup_s=measure_lookup(),
         round_overhead_s=round_overhead_s if round_overhead_s is not None else 1e-3,

@@ -3,15 +3,17 @@
 Per round it compares, at the current context length (costs from the calibrated ``CostModel``):
 
 - a plain step: 1 token per target forward;
-- the model draft (drafting until its own confidence falls below the class's threshold, at most ``model_max_k``):
-  (accepted per round + 1) / (draft time + verify time), from this request's model rounds blended with the
-  class's (the class counts as at most ``prior_weight`` rounds, so a request unlike its class moves away fast);
+- each model-type drafter (the generic draft, a custom draft, a draft head), drafting until its own confidence
+  falls below the class's threshold, at most ``max_k`` tokens: (accepted per round + 1) / (draft time + verify
+  time), from this request's rounds with that drafter blended with the class's (the class counts as at most
+  ``prior_weight`` rounds, so a request unlike its class moves away fast);
 - prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
   it came from, or "streak": the previous lookup round was accepted in full, as inside a copied span), blended the
   same way, and the k up to the proposal's length that maximises the expected rate.
 
-The model draft is switched off and on with hysteresis (no flapping near break-even); while off it is probed with a
-short round every ``probe_every`` plain steps, so neither a request nor a class gets stuck off. Class statistics
+Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
+is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
+stuck off. Class statistics
 come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round is
 arithmetic on cached numbers.
 """
@@ -19,7 +21,7 @@ arithmetic on cached numbers.
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Sequence
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,17 +45,29 @@ def lookup_key(ngram: int, streak: bool) -> str:
     return STREAK if streak else f"lookup.n{ngram}"
 
 
+class DraftSettings(BaseModel):
+    """One model-type drafter's knobs in one class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(0.6, ge=0.0, le=1.0, description="drafting stops after a token below this")
+    max_k: int = Field(16, ge=1, le=64, description="at most this many tokens per round")
+    enabled: bool = True
+
+
 class ClassSettings(BaseModel):
     """Knobs that differ by request class (tuned by ``train-policy``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float = Field(0.6, ge=0.0, le=1.0, description="model draft stops after a token below this")
-    model_max_k: int = Field(16, ge=1, le=64)
+    model: DraftSettings = DraftSettings()  # every model-type drafter (generic draft, custom draft, head)...
+    drafters: dict[str, DraftSettings] = Field(default_factory=dict)  # ...unless it has its own entry here
     lookup_max_k: int = Field(16, ge=1, le=64)
     lookup_min_ngram: int = Field(1, ge=1, le=8, description="ignore lookup proposals from shorter n-grams")
-    use_model: bool = True
     use_lookup: bool = True
+
+    def for_drafter(self, name: str) -> DraftSettings:
+        return self.drafters.get(name, self.model)
 
 
 class ControllerConfig(BaseModel):
@@ -81,25 +95,24 @@ class _RoundCosts:
 
     context: int
     verify: list[float]  # [n] seconds for a target forward over n tokens (index 0 unused)
-    draft_step: float
+    draft_step: dict[str, float]  # per model-type drafter: one single-token step
     lookup: float
     cost: CostModel
 
     @classmethod
     def at(cls, cost: CostModel, context: int, max_k: int) -> _RoundCosts:
         verify = [0.0] + [cost.verify_s(n, context) for n in range(1, max_k + 2)]
-        step = cost.draft_s(1, context) if cost.draft is not None else math.inf
-        return cls(context, verify, step, cost.lookup_s, cost)
+        steps = {name: cost.draft_s(1, context, 1, name) for name in cost.drafts}
+        return cls(context, verify, steps, cost.lookup_s, cost)
 
-    def model_round(self, proposed: float, catchup: int, amortize: float) -> float:
-        """A model round's time; a catch-up beyond 2 tokens is a one-off, spread over ``amortize`` rounds."""
-        if self.cost.draft is None:
-            return math.inf
+    def model_round(self, drafter: str, proposed: float, catchup: int, amortize: float) -> float:
+        """A model-type round's time; a catch-up beyond 2 tokens is a one-off, spread over ``amortize`` rounds."""
+        step = self.draft_step[drafter]
         n = min(max(1, round(proposed)), len(self.verify) - 2)
-        first = self.cost.draft_s(1, self.context, catchup)
+        first = self.cost.draft_s(1, self.context, catchup, drafter)
         if catchup > 2:
-            first = self.draft_step + (first - self.draft_step) / amortize
-        return first + (n - 1) * self.draft_step + self.verify[n + 1]
+            first = step + (first - step) / amortize
+        return first + (n - 1) * step + self.verify[n + 1]
 
 
 class AdaptivePolicy:
@@ -108,12 +121,17 @@ class AdaptivePolicy:
     name = "adaptive"
 
     def __init__(self, cost: CostModel, estimator: AlphaEstimator | None = None, config: ControllerConfig | None = None,
-                 classifier=None, has_model: bool = True):  # fmt: skip
+                 classifier=None, model_drafters: Sequence[str] | None = None):  # fmt: skip
+        """``model_drafters``: the engine's model-type drafters to choose from (default: all the cost model knows)."""
         self.cost = cost
         self.estimator = estimator or AlphaEstimator(pair_id=cost.pair_id)
         self.config = config or ControllerConfig()
         self.classifier = classifier
-        self.has_model = has_model and cost.draft is not None
+        names = list(cost.drafts) if model_drafters is None else list(model_drafters)
+        missing = [n for n in names if n not in cost.drafts]
+        if missing:
+            raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first")
+        self.model_drafters = names
 
     def classify(self, request: RequestInfo) -> tuple[str, str]:
         """The caller's class wins; else the classifier's; else "default"."""
@@ -128,7 +146,7 @@ class AdaptivePolicy:
 
 
 class AdaptiveSession:
-    """One request's state: its own counts, the class estimates read at its start, the model draft's on/off."""
+    """One request's state: its own counts, the class estimates read at its start, each model drafter's on/off."""
 
     def __init__(self, policy: AdaptivePolicy, request: RequestInfo, request_class: str, class_source: str):
         config = policy.config
@@ -140,13 +158,15 @@ class AdaptiveSession:
         self.max_k = request.max_k
         est = policy.estimator
         self.requests = est.new_request()
-        self.class_model = est.estimate(request_class, MODEL) if policy.has_model else None
+        self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
+        self.class_model = {d: est.estimate(request_class, d) for d in self.drafters}
         self.class_lookup: dict[str, Estimate] = {}
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
-        self.model_on = True
+        self.on = {d: True for d in self.drafters}
+        self.true_len = {d: 0 for d in self.drafters}  # context tokens each drafter's cache holds
         self.plain_since_model = 0
-        self.draft_true_len = 0  # context tokens the model drafter's cache holds (mirrors ModelDrafter)
+        self.probe_turn = 0
         self.last_lookup_full = False
         self.pending_key = NO_DRAFTER
         self.report = RequestReport(request_class, class_source)
@@ -173,7 +193,7 @@ class AdaptiveSession:
         if self.mode == "on":
             best_rate = 0.0  # speculate whenever a drafter is available
 
-        # lookup: what would it propose here, and how is such a proposal accepted?
+        # prompt lookup: what would it propose here, and how is such a proposal accepted?
         if s.use_lookup:
             self.lookup.extend(state.context[len(self.lookup.tokens) :].tolist())
             proposal, ngram = self.lookup.propose(min(s.lookup_max_k, cap))
@@ -183,16 +203,19 @@ class AdaptiveSession:
                 if rate > best_rate:
                     best_rate, best = rate, (Decision(LOOKUP, k), key)
 
-        # the model draft, with hysteresis on its on/off state
-        if self.policy.has_model and s.use_model:
-            rate = self._model_rate(context_len)
-            switch = (1 - self.config.hysteresis) if self.model_on else (1 + self.config.hysteresis)
-            self.model_on = rate > plain_rate * switch or self.mode == "on"
-            model = Decision(MODEL, min(s.model_max_k, cap), s.threshold)
-            if self.model_on and rate > best_rate:
-                best_rate, best = rate, (model, MODEL)
-            elif not self.model_on and best[1] == NO_DRAFTER and self.plain_since_model >= self.config.probe_every:
-                best = (Decision(MODEL, min(self.config.probe_k, cap), s.threshold), MODEL)  # a bounded probe
+        # model-type drafters, each switched on/off with hysteresis
+        for name in self.drafters:
+            d = s.for_drafter(name)
+            rate = self._model_rate(name, context_len)
+            switch = (1 - self.config.hysteresis) if self.on[name] else (1 + self.config.hysteresis)
+            self.on[name] = rate > plain_rate * switch or self.mode == "on"
+            if self.on[name] and rate > best_rate:
+                best_rate, best = rate, (Decision(name, min(d.max_k, cap), d.threshold), name)
+        if (best[1] == NO_DRAFTER and self.drafters and not any(self.on.values())
+                and self.plain_since_model >= self.config.probe_every):  # fmt: skip
+            name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
+            self.probe_turn += 1
+            best = (Decision(name, min(self.config.probe_k, cap), s.for_drafter(name).threshold), name)
         return best
 
     def _blend(self, estimate: Estimate | None, mine_rounds: int, mine_sum: float, prior_per_round: float,
@@ -200,19 +223,19 @@ class AdaptiveSession:
         """Per-round mean of ``field`` blending the class (capped at prior_weight rounds) with this request."""
         weight, value = self.config.prior_weight, prior_per_round
         if estimate is not None and estimate.rounds > 0:
-            class_value = getattr(estimate, field) / estimate.rounds
             weight = min(estimate.rounds, self.config.prior_weight)
-            value = class_value
+            value = getattr(estimate, field) / estimate.rounds
         return (weight * value + mine_sum) / (weight + mine_rounds)
 
-    def _model_rate(self, context_len: int) -> float:
-        mine = self.requests.counts(MODEL)
-        accepted = self._blend(self.class_model, mine.rounds, mine.accepted_tokens,
-                               self.config.prior_model_accepted, "accepted_tokens")  # fmt: skip
-        proposed = self._blend(self.class_model, mine.rounds, mine.draft_tokens,
-                               self.config.prior_model_proposed, "draft_tokens")  # fmt: skip
-        catchup = context_len - min(self.draft_true_len, context_len - 1)
-        return (accepted + 1.0) / self.costs.model_round(proposed, catchup, self.config.catchup_amortize)
+    def _model_rate(self, name: str, context_len: int) -> float:
+        mine = self.requests.counts(name)
+        estimate = self.class_model.get(name)
+        accepted = self._blend(estimate, mine.rounds, mine.accepted_tokens, self.config.prior_model_accepted,
+                               "accepted_tokens")  # fmt: skip
+        proposed = self._blend(estimate, mine.rounds, mine.draft_tokens, self.config.prior_model_proposed,
+                               "draft_tokens")  # fmt: skip
+        catchup = context_len - min(self.true_len[name], context_len - 1)
+        return (accepted + 1.0) / self.costs.model_round(name, proposed, catchup, self.config.catchup_amortize)
 
     def _lookup_acceptance(self, key: str, k: int) -> list[float]:
         estimate = self.class_lookup.get(key)
@@ -253,9 +276,9 @@ class AdaptiveSession:
             self.last_lookup_full = record.proposed > 0 and record.accepted == record.proposed
         elif record.proposed > 0 or record.k > 0:
             self.last_lookup_full = False
-        if record.drafter == MODEL:
+        if record.drafter in self.true_len:
             self.plain_since_model = 0
-            self.draft_true_len = record.context_len + min(record.proposed - 1, record.accepted)
+            self.true_len[record.drafter] = record.context_len + min(record.proposed - 1, record.accepted)
         elif record.k == 0:
             self.plain_since_model += 1
         if key != record.drafter:
@@ -275,7 +298,7 @@ class AdaptiveSession:
         self.policy.estimator.observe_request_end(self.request_class, self.requests)
         r = self.report
         r.extra["estimated_speedup"] = self.plain_equivalent_s / self.predicted_s if self.predicted_s else 1.0
-        r.extra["model_on_at_end"] = self.model_on
+        r.extra["drafters_on_at_end"] = [d for d, on in self.on.items() if on]
         log.info("request_done", request_class=r.request_class, class_source=r.class_source, rounds=r.rounds,
                  alpha=round(r.alpha, 3) if r.proposed else None, decisions=r.decisions,
                  estimated_speedup=round(r.extra["estimated_speedup"], 3))  # fmt: skip

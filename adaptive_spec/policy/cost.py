@@ -14,8 +14,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -62,7 +60,7 @@ class CostModel(BaseModel):
     dtype: str
     measured_at: str = ""
     target: CostTable  # verify / plain step / prefill
-    draft: CostTable | None = None  # model drafter forwards (catch-up of n tokens, or one step)
+    drafts: dict[str, CostTable] = Field(default_factory=dict)  # per model-type drafter: catch-up or one step
     prefill: CostTable | None = None  # target forward over a whole prompt (tokens = prompt lengths, context 0)
     lookup_s: float = Field(3e-4, ge=0)  # one prompt-lookup proposal
     round_overhead_s: float = Field(1e-3, ge=0)  # engine bookkeeping per round, outside model forwards
@@ -88,43 +86,49 @@ class CostModel(BaseModel):
         table = self.prefill or self.target
         return table(prompt_len, 0)
 
-    def draft_s(self, proposed: int, context: int, catchup: int = 1) -> float:
-        """Model drafter: one catch-up forward of ``catchup`` tokens, then proposed - 1 single steps."""
-        if self.draft is None:
-            raise ValueError("this cost model has no draft model measurements")
+    @property
+    def draft(self) -> CostTable | None:
+        """The generic model draft's table (the drafter named "model")."""
+        return self.drafts.get("model")
+
+    def draft_s(self, proposed: int, context: int, catchup: int = 1, drafter: str = "model") -> float:
+        """A model-type drafter: one catch-up forward of ``catchup`` tokens, then proposed - 1 single steps."""
+        table = self.drafts.get(drafter)
+        if table is None:
+            raise ValueError(f"this cost model has no measurements for drafter {drafter!r}")
         if proposed <= 0:
             return 0.0
-        steps = self.draft(catchup, context) + sum(self.draft(1, context + catchup + j) for j in range(proposed - 1))
+        steps = table(catchup, context) + sum(table(1, context + catchup + j) for j in range(proposed - 1))
         return steps + proposed * self.draft_step_overhead_s
 
-    def round_s(self, drafter: Literal["model", "lookup", "none"], proposed: int, context: int, catchup: int = 1) -> float:
-        if drafter == "model":
-            draft = self.draft_s(proposed, context, catchup)
-        elif drafter == "lookup":
+    def round_s(self, drafter: str, proposed: int, context: int, catchup: int = 1) -> float:
+        if drafter == "lookup":
             draft = self.lookup_s
-        else:
+        elif drafter == "none":
             draft = 0.0
+        else:
+            draft = self.draft_s(proposed, context, catchup, drafter)
         return draft + self.verify_s(proposed + 1, context)
+
+    def draft_cost_ratio_of(self, drafter: str = "model") -> float:
+        """c: one draft step relative to one plain target step, at a short context."""
+        ctx = self.target.contexts[0]
+        return self.draft_s(1, ctx, 1, drafter) / self.plain_step_s(ctx) if drafter in self.drafts else float("nan")
 
     @property
     def draft_cost_ratio(self) -> float:
-        """c: one draft step relative to one plain target step, at a short context."""
-        ctx = self.target.contexts[0]
-        return self.draft_s(1, ctx) / self.plain_step_s(ctx) if self.draft is not None else float("nan")
+        return self.draft_cost_ratio_of("model")
 
     # --- expectations -------------------------------------------------------------------------------------------
 
-    def expected_speedup(
-        self, drafter: Literal["model", "lookup"], acceptance: Sequence[float], k: int, context: int = 256
-    ) -> float:
+    def expected_speedup(self, drafter: str, acceptance: Sequence[float], k: int, context: int = 256) -> float:
         """Expected speedup over plain decoding of drafting k tokens with the given per-position acceptance."""
         if k <= 0:
             return 1.0
         tokens = expected_tokens(acceptance, k)
         return (tokens / self.round_s(drafter, k, context)) * self.plain_step_s(context)
 
-    def best_k(self, drafter: Literal["model", "lookup"], acceptance: Sequence[float], max_k: int,
-               context: int = 256) -> tuple[int, float]:  # fmt: skip
+    def best_k(self, drafter: str, acceptance: Sequence[float], max_k: int, context: int = 256) -> tuple[int, float]:
         """The k (0 = don't speculate) with the highest expected speedup, and that speedup."""
         best = (0, 1.0)
         for k in range(1, max_k + 1):
@@ -133,7 +137,7 @@ class CostModel(BaseModel):
                 best = (k, s)
         return best
 
-    def break_even_alpha(self, drafter: Literal["model", "lookup"], k: int, context: int = 256) -> float:
+    def break_even_alpha(self, drafter: str, k: int, context: int = 256) -> float:
         """The constant acceptance rate at which drafting k tokens is exactly as fast as plain decoding."""
         lo, hi = 0.0, 1.0
         if self.expected_speedup(drafter, [hi] * k, k, context) < 1.0:

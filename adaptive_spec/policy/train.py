@@ -19,14 +19,48 @@ from .base import FixedPolicy
 from .controller import AdaptivePolicy, ClassSettings, ControllerConfig
 from .cost import CostModel
 
-GRID: dict[str, list] = {
-    "threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
-    "model_max_k": [1, 2, 3, 4, 6, 8, 16],
+GRID: dict[str, list] = {  # a dotted path into ClassSettings -> the values tried
+    "model.threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
+    "model.max_k": [1, 2, 3, 4, 6, 8, 16],
     "lookup_min_ngram": [1, 2, 3],
     "lookup_max_k": [4, 8, 16],
-    "use_model": [True, False],
+    "model.enabled": [True, False],
     "use_lookup": [True, False],
 }
+DRAFTER_GRID: dict[str, list] = {  # for each further model-type drafter (custom draft, head), under drafters.<name>
+    "threshold": [0.3, 0.5, 0.7, 0.8, 0.9],
+    "max_k": [2, 4, 8, 16],
+    "enabled": [True, False],
+}
+
+
+def with_setting(settings: ClassSettings, path: str, value) -> ClassSettings:
+    """A copy of ``settings`` with the dotted ``path`` (e.g. "model.threshold", "drafters.head.max_k") set."""
+    parts = path.split(".")
+    if parts[0] == "model":
+        return settings.model_copy(update={"model": settings.model.model_copy(update={parts[1]: value})})
+    if parts[0] == "drafters":
+        current = settings.for_drafter(parts[1])
+        drafters = {**settings.drafters, parts[1]: current.model_copy(update={parts[2]: value})}
+        return settings.model_copy(update={"drafters": drafters})
+    return settings.model_copy(update={parts[0]: value})
+
+
+def get_setting(settings: ClassSettings, path: str):
+    parts = path.split(".")
+    if parts[0] == "model":
+        return getattr(settings.model, parts[1])
+    if parts[0] == "drafters":
+        return getattr(settings.for_drafter(parts[1]), parts[2])
+    return getattr(settings, parts[0])
+
+
+def grid_for(cost: CostModel) -> dict[str, list]:
+    grid = dict(GRID)
+    for name in cost.drafts:
+        if name != "model":
+            grid.update({f"drafters.{name}.{key}": values for key, values in DRAFTER_GRID.items()})
+    return grid
 GLOBAL_GRID: dict[str, list] = {
     "prior_weight": [4.0, 8.0, 16.0, 32.0],
     "hysteresis": [0.0, 0.05, 0.1],
@@ -89,8 +123,9 @@ def warm_throughput(traces: Sequence, cost: CostModel, config: ControllerConfig,
 
 
 def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls: str,
-               grid: dict[str, list] = GRID, passes: int = 2) -> tuple[ClassSettings, float]:  # fmt: skip
+               grid: dict[str, list] | None = None, passes: int = 2) -> tuple[ClassSettings, float]:  # fmt: skip
     """Coordinate descent on one class's settings; returns the best settings and their warm throughput."""
+    grid = grid or grid_for(cost)
     current = config.for_class(cls)
 
     def score(settings: ClassSettings) -> float:
@@ -100,12 +135,13 @@ def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls:
     best = score(current)
     for _ in range(passes):
         improved = False
-        for name, values in grid.items():
+        for path, values in grid.items():
             for value in values:
-                if getattr(current, name) == value:
+                if get_setting(current, path) == value:
                     continue
-                candidate = current.model_copy(update={name: value})
-                if not (candidate.use_model or candidate.use_lookup):
+                candidate = with_setting(current, path, value)
+                usable = [candidate.for_drafter(n).enabled for n in cost.drafts] + [candidate.use_lookup]
+                if not any(usable):
                     continue
                 s = score(candidate)
                 if s > best * 1.001:

@@ -97,10 +97,9 @@ def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: f
     probs: list[float] = []
     branch = None
     for j in range(k):
-        if i + j >= n:
-            prob = math.nan  # past the end of the recorded output
-        elif j <= m:
-            prob = d.p[i + j]  # on the true path (j < m), or the draft's first wrong token (j == m)
+        if j <= m:
+            # on the true path (j < m), or the draft's first wrong token (j == m); unknown past the output's end
+            prob = d.p[i + j] if i + j < n else math.nan
         else:
             if branch is None:
                 branch = d.diverge.get(i + m, [])
