@@ -1,0 +1,83 @@
+"""Training a draft head on collected features (tiny models): it learns, saves small, loads only for its target,
+and drafts losslessly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptive_spec.distill import Collection, CollectSettings, VocabMap, collect
+from adaptive_spec.distill.head import (
+    HeadError,
+    HeadSettings,
+    attach_saved_head,
+    build_head,
+    head_alpha,
+    load_head,
+    save_head,
+    train_head,
+)
+from adaptive_spec.engine import SpeculativeEngine, StopRule, fixed
+from tests.test_distill import ToyEncoder, rows
+from tests.test_engine_greedy import PROMPTS, reference
+from tests.tiny import tiny_model
+
+VOCAB = 128
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    target = tiny_model(0, layers=2)
+    out = tmp_path_factory.mktemp("collection")
+    collect(target, ToyEncoder(), rows(40), out, CollectSettings(top_k=8, hidden_states=True, shard_examples=16))
+    collection = Collection(out)
+    ids = [e.id for e in collection.manifest.examples]
+    vmap = VocabMap(torch.arange(VOCAB), VOCAB)
+    return target, collection, ids[:30], ids[30:], vmap
+
+
+def test_head_learns_from_features(setup, tmp_path):
+    target, collection, train_ids, test_ids, vmap = setup
+    settings = HeadSettings(intermediate_size=64, steps=60, batch_tokens=256, lr=3e-3, warmup=5, checkpoint_every=20)
+    head = build_head(target, vmap, settings)
+    before = head_alpha(head, target, collection, test_ids, vmap)
+    summary = train_head(head, target, collection, train_ids, vmap, settings, tmp_path)
+    after = head_alpha(head, target, collection, test_ids, vmap)
+    assert summary["steps"] == 60
+    assert after["alpha_1"] > before["alpha_1"] and after["alpha_1"] > 0.5
+
+
+def test_training_resumes_to_the_same_head(setup, tmp_path):
+    target, collection, train_ids, _, vmap = setup
+    settings = HeadSettings(intermediate_size=64, steps=30, batch_tokens=128, checkpoint_every=10, seed=3)
+    straight = build_head(target, vmap, settings)
+    train_head(straight, target, collection, train_ids, vmap, settings, tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    interrupted = build_head(target, vmap, settings)
+    train_head(interrupted, target, collection, train_ids, vmap, settings.model_copy(update={"steps": 20}), tmp_path / "b")
+    resumed = build_head(target, vmap, settings)
+    train_head(resumed, target, collection, train_ids, vmap, settings, tmp_path / "b")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_saved_head_drafts_losslessly_and_only_for_its_target(setup, tmp_path, quantize):
+    target, collection, train_ids, _, vmap = setup
+    (tmp_path / "ckpt").mkdir()
+    settings = HeadSettings(intermediate_size=64, steps=20, batch_tokens=256)
+    head = build_head(target, vmap, settings)
+    train_head(head, target, collection, train_ids, vmap, settings, tmp_path / "ckpt")
+    save_head(head, target, tmp_path / "head", {"steps": 20}, quantize=quantize)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "head" / "head.safetensors"), framework="pt") as f:
+        assert not any(k.startswith("lm_head") for k in f.keys())  # the target's own rows are not stored
+    engine = SpeculativeEngine(target, [])
+    attach_saved_head(engine, tmp_path / "head")
+    for prompt in PROMPTS:
+        out = engine.generate(torch.tensor(prompt), fixed("head", 4), stop=StopRule(30))
+        assert out.sequences[0].tolist() == reference(target, prompt, 30, eos=-1)
+    with pytest.raises(HeadError, match="another target"):
+        load_head(tmp_path / "head", tiny_model(7, layers=2))
