@@ -220,10 +220,11 @@ def test_one_sampled_round_with_custom_drafter_keeps_target_distribution(tiny, v
     assert chisquare(observed, [e * n / sum(expected) for e in expected]).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("layers", [[0, 1], [1]])
-def test_greedy_equality_with_custom_drafter(tiny, vmap, layers):
+@pytest.mark.parametrize(("layers", "width"), [([0, 1], None), ([1], None), ([0, 1], 16)])
+def test_greedy_equality_with_custom_drafter(tiny, vmap, layers, width):
     target, base = tiny
-    custom = CustomDrafter(derive_draft(base, layers, vmap), vmap)
+    importance = [torch.rand(64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    custom = CustomDrafter(derive_draft(base, layers, vmap, mlp_width=width, importance=importance), vmap)
     engine = SpeculativeEngine(target, [custom, ModelDrafter(base)])
     accepted = 0
     for k in (1, 2, 3, 4, 8):
@@ -237,8 +238,37 @@ def test_greedy_equality_with_custom_drafter(tiny, vmap, layers):
     assert out.sequences[0].tolist() == reference(target, PROMPTS[2], 50, eos=-1)
 
 
+def test_width_pruning_keeps_the_important_neurons(tiny, vmap):
+    import copy
+
+    base = copy.deepcopy(tiny[1])
+    dropped = torch.arange(0, 64, 3)  # neurons that contribute nothing: their down_proj columns are zero
+    importance = []
+    with torch.no_grad():
+        for layer in base.model.layers:
+            layer.mlp.down_proj.weight[:, dropped] = 0
+            score = torch.ones(64)
+            score[dropped] = 0
+            importance.append(score)
+    draft = derive_draft(base, [0, 1], vmap, mlp_width=64 - dropped.numel(), importance=importance)
+    assert draft.config.intermediate_size == 64 - dropped.numel()
+    ids = vmap.draft_to_target[torch.randperm(vmap.size, generator=torch.Generator().manual_seed(0))[:16]][None]
+    with torch.no_grad():  # inputs the draft's vocabulary covers, so embeddings match too
+        expected = base(ids).logits[0][:, vmap.draft_to_target]
+        got = draft(vmap.to_draft(ids)).logits[0][:, : vmap.size]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)  # all inputs kept: same model, fewer neurons
+
+    from adaptive_spec.distill.derive import mlp_importance
+
+    with torch.no_grad():
+        base.model.layers[0].mlp.up_proj.weight[5] = 0  # a neuron that never activates
+    scores = mlp_importance(base, [torch.tensor(p) for p in PROMPTS])
+    assert len(scores) == 2 and scores[0].shape == (64,) and scores[0][5] == 0 and (scores[1] > 0).all()
+
+
 def test_layer_choices():
     assert spaced_layers(24, 4) == [0, 8, 15, 23]
+    assert parse_layers("all", 3) == [0, 1, 2]
     assert parse_layers("first3+last", 24) == [0, 1, 2, 23]
     assert parse_layers("0,5,23", 24) == [0, 5, 23]
     with pytest.raises(ValueError):
@@ -367,7 +397,7 @@ def test_pipeline_end_to_end(tiny, tmp_path):
                                         "response": r.response}) + "\n" for r in rows(20)))  # fmt: skip
     traffic = read_traffic(path)
     models = DistillModels(target=target, base=base, encoder=ToyEncoder(), eos=frozenset([1]), base_name="tiny")
-    settings = DistillSettings(layers="1", vocab_size=64, eval_split=0.2, e2e_prompts=1, e2e_new_tokens=12,
+    settings = DistillSettings(layers="all", mlp_width=24, importance_examples=4, vocab_size=64, eval_split=0.2, e2e_prompts=1, e2e_new_tokens=12,
                                generic_k=(2,), custom_k=(2, 4), collect=CollectSettings(top_k=8),
                                train=TrainSettings(steps=4, batch_examples=2, lr=3e-3))  # fmt: skip
     summary = run_distill(path, traffic.rows, tmp_path / "out", settings, models)
@@ -383,4 +413,8 @@ def test_pipeline_end_to_end(tiny, tmp_path):
     assert "greedy α generic → custom" in card and str(path) in card
     facts = json.loads((out / "draft_config.json").read_text())["facts"]
     assert facts["training"]["steps_done"] == 4 and facts["traffic"]["heldout_rows"] == 4
-    assert load_custom_draft(out, target).vmap.size <= 64
+    loaded = load_custom_draft(out, target)
+    assert loaded.vmap.size <= 64 and loaded.lm.model.config.intermediate_size == 24
+    assert (out / "checkpoint" / "mlp_importance.safetensors").is_file()
+    again = run_distill(path, traffic.rows, out, settings, models)  # everything resumes: same model, same results
+    assert again["alpha"] == summary["alpha"]

@@ -11,6 +11,7 @@ refuses a draft made for another target (``identity.IdentityError``).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ class DraftConfig(BaseModel):
     target: TargetIdentity
     base_draft: str = Field(description="the generic draft the layers and embeddings come from")
     layers: list[int] = Field(description="indices of the base draft's layers that were kept, in order")
+    mlp_width: int | None = Field(None, description="MLP neurons kept per layer (None: the base's width)")
     vocab_size: int = Field(description="V': output ids (the embedding has one more row, the *other* id)")
     facts: dict[str, Any] = Field(default_factory=dict, description="traffic, training and evaluation facts")
 
@@ -56,13 +58,7 @@ def save_custom_draft(model: PreTrainedModel, vmap: VocabMap, directory: str | o
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (out / DRAFT_CONFIG).unlink(missing_ok=True)  # the directory is unfinished until the new config is written
-    state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}  # the model itself is not changed
-    previous = model.config.dtype
-    model.config.dtype = dtype
-    try:
-        model.save_pretrained(tmp, state_dict=state)
-    finally:
-        model.config.dtype = previous
+    copy.deepcopy(model).to(dtype).save_pretrained(tmp)  # a copy: the caller's model keeps its dtype
     for path in tmp.iterdir():
         os.replace(path, out / path.name)
     tmp.rmdir()

@@ -28,7 +28,8 @@ def distill_command(
     eval_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="share of each class held out")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
     max_examples: Annotated[Optional[int], typer.Option(min=2, help="use at most this many rows (round-robin over classes)")] = None,
-    layers: Annotated[str, typer.Option(help="base-draft layers kept: N evenly spaced, firstN+last, or i,j,k")] = "4",
+    layers: Annotated[str, typer.Option(help="base-draft layers kept: all, N evenly spaced, firstN+last, or i,j,k")] = "all",
+    mlp_width: Annotated[int, typer.Option(min=0, help="MLP neurons kept per layer (0: the base's width)")] = 608,
     vocab_size: Annotated[int, typer.Option(min=16, help="output vocabulary V' (target ids kept)")] = 16384,
     kind: Annotated[str, typer.Option(help="what to train: 'draft' (a small model); 'head' is not available yet")] = "draft",
     batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
@@ -39,6 +40,8 @@ def distill_command(
     hidden_states: Annotated[bool, typer.Option(help="also store the target's final hidden states (for heads)")] = False,
     e2e_prompts: Annotated[int, typer.Option(min=0, help="held-out prompts per class for end-to-end tokens/s")] = 1,
     e2e_new_tokens: Annotated[int, typer.Option(min=2)] = 96,
+    generic_k: Annotated[str, typer.Option(help="k values tried end to end for the generic draft")] = "1,2,3,4,6",
+    custom_k: Annotated[str, typer.Option(help="k values tried end to end for the custom draft")] = "1,2,3,4,6,8",
     eval_max_examples: Annotated[int, typer.Option(min=0, help="held-out examples for teacher-forced alpha")] = 200,
     skip_bad_rows: Annotated[bool, typer.Option(help="skip malformed traffic rows instead of refusing the file")] = False,
     target: Annotated[Optional[Path], typer.Option(help="target: GGUF file or transformers model dir")] = None,
@@ -56,8 +59,8 @@ def distill_command(
     _print(summary, directory)
 
 
-def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, vocab_size, kind, batch_examples,
-         lr, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, eval_max_examples,
+def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind, batch_examples,
+         lr, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples,
          skip_bad_rows, target, draft, pair, dtype, threads):  # fmt: skip
     from ..cli import UserError
     from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
@@ -72,8 +75,9 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
     if kind != "draft":
         raise UserError(f"--kind {kind!r} is not available: only 'draft' (a small model) for now")
     settings = DistillSettings(
-        kind=kind, layers=layers, vocab_size=vocab_size, eval_split=eval_split, max_examples=max_examples, seed=seed,
+        kind=kind, layers=layers, mlp_width=mlp_width or None, vocab_size=vocab_size, eval_split=eval_split, max_examples=max_examples, seed=seed,
         eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
+        generic_k=_ks(generic_k, "--generic-k"), custom_k=_ks(custom_k, "--custom-k"),
         collect=CollectSettings(top_k=top_k, hidden_states=hidden_states, max_tokens=max_tokens,
                                 max_new_tokens=max_new_tokens),
         train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed),
@@ -107,6 +111,16 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
 
         summary = run_distill(Path(traffic), loaded_traffic.rows, Path(out), settings, models, report)
     return summary, Path(out)
+
+
+def _ks(text: str, option: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ValueError(f"{option} must be a comma-separated list of k >= 1, got {text!r}")
+    return ks
 
 
 def _print(summary: dict, directory: Path) -> None:

@@ -65,7 +65,7 @@ class CollectionError(ValueError):
 
 
 class CollectSettings(BaseModel):
-    """How the collection is made; a resumed collection must use the same settings."""
+    """How the collection is made; a resumed collection must use the same settings (``shard_examples`` aside)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,7 +73,7 @@ class CollectSettings(BaseModel):
     hidden_states: bool = Field(False, description="also store the target's final hidden states (float16)")
     max_tokens: int = Field(1024, ge=8, description="prompt + response longer than this is cut (response end)")
     max_new_tokens: int = Field(256, ge=1, description="length cap of responses the target generates")
-    shard_examples: int = Field(64, ge=1, description="examples per shard file")
+    shard_examples: int = Field(16, ge=1, description="examples per shard file (an interruption loses < this)")
     system: str | None = Field(None, description="system message of the chat template")
 
 
@@ -209,7 +209,8 @@ def _open_or_create(out: Path, settings: CollectSettings, identity: TargetIdenti
         return manifest
     manifest = read_manifest(out)
     manifest.target.check(identity, f"the collection in {out}")
-    if manifest.settings != settings:
+    layout = {"shard_examples"}  # changes how examples are grouped into files, not what is collected
+    if manifest.settings.model_dump(exclude=layout) != settings.model_dump(exclude=layout):
         raise CollectionError(
             f"{out} was collected with other settings ({manifest.settings.model_dump()}); use another directory "
             f"or the same settings ({settings.model_dump()})"

@@ -16,7 +16,6 @@ rotated from prompt to prompt, in one process; tokens/s = new tokens / wall seco
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -149,7 +148,8 @@ def summarize(runs: Sequence[Run], drafters: Sequence[str] = ("model", "custom")
         groups[r.request_class].append(r)
         groups["all"].append(r)
     table = {}
-    for cls, rs in groups.items():
+    for cls in sorted(groups, key=lambda c: (c == "all", c)):
+        rs = groups[cls]
         by_config: dict[str, list[Run]] = defaultdict(list)
         for r in rs:
             by_config[r.config].append(r)
@@ -175,7 +175,7 @@ def summarize(runs: Sequence[Run], drafters: Sequence[str] = ("model", "custom")
         if "model" in best and "custom" in best:
             entry["ratio"] = best["custom"]["speedup"] / best["model"]["speedup"]
         table[cls] = entry
-    prompts = len({(r.prompt) for r in runs})
+    prompts = len({r.prompt for r in runs})
     same = _agreement(runs)
     return {"classes": table, "prompts": prompts, "outputs_equal_target_share": same}
 
@@ -189,7 +189,3 @@ def _agreement(runs: Sequence[Run]) -> float:
 
 def runs_to_json(runs: Sequence[Run]) -> list[dict]:
     return [asdict(r) for r in runs]
-
-
-def median_or_nan(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")

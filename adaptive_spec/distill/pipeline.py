@@ -27,10 +27,10 @@ from transformers import PreTrainedModel
 from ..engine import ModelDrafter, SpeculativeEngine, StopRule, fixed
 from ..traces.format import atomic_write_text
 from ..traces.workload import PromptRow
-from .artifact import DraftConfig, load_custom_draft, read_draft_config, save_custom_draft
+from .artifact import DraftConfig, load_custom_draft, save_custom_draft
 from .collect import Collection, CollectSettings, Encoder, Respond, collect, example_id
 from .cost import draft_cost_per_token
-from .derive import derive_draft, parse_layers
+from .derive import derive_draft, mlp_importance, parse_layers
 from .drafter import CUSTOM
 from .evaluate import end_to_end, runs_to_json, summarize, teacher_forced_alpha
 from .identity import target_identity
@@ -48,7 +48,9 @@ class DistillSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["draft"] = "draft"
-    layers: str = Field("4", description="base-draft layers kept: N (evenly spaced), firstN+last, or i,j,k")
+    layers: str = Field("all", description="base-draft layers kept: all, N (evenly spaced), firstN+last, or i,j,k")
+    mlp_width: int | None = Field(608, ge=1, description="MLP neurons kept per layer (None: the base's width)")
+    importance_examples: int = Field(32, ge=1, description="training examples that rank MLP neurons")
     vocab_size: int = Field(16384, ge=16, description="output vocabulary V' (target ids kept)")
     eval_split: float = Field(0.1, ge=0, lt=1)
     max_examples: int | None = Field(None, ge=2)
@@ -95,13 +97,18 @@ def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: 
     # 3. vocabulary, then the derived draft, trained
     vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
     layers = parse_layers(settings.layers, models.base.config.num_hidden_layers)
-    draft = derive_draft(models.base, layers, vmap)
+    importance = None
+    if settings.mlp_width is not None and settings.mlp_width < models.base.config.intermediate_size:
+        importance = _importance(collection, train_ids[: settings.importance_examples], models, out / "checkpoint")
+    draft = derive_draft(models.base, layers, vmap, mlp_width=settings.mlp_width, importance=importance)
     result = train(draft, vmap, collection, train_ids, settings.train, out / "checkpoint",
                    lambda step, total, loss: report("training", step, total, f"loss {loss:.3f}"))  # fmt: skip
 
     # 4. save, so a long evaluation cannot lose the model
     facts = _facts(traffic_path, train_rows, eval_rows, collection, train_ids, eval_ids, vmap, settings, result)
+    width = draft.config.intermediate_size
     config = DraftConfig(target=target_identity(models.target), base_draft=models.base_name, layers=layers,
+                         mlp_width=width if width < models.base.config.intermediate_size else None,
                          vocab_size=vmap.size, facts=facts)  # fmt: skip
     save_custom_draft(draft, vmap, out, config, model_card(config, None))
 
@@ -157,6 +164,23 @@ def _vocabulary(collection: Collection, train_ids: list[str], size: int, models:
     return vmap
 
 
+def _importance(collection: Collection, ids: list[str], models: DistillModels, directory: Path) -> list[torch.Tensor]:
+    """MLP neuron importance of the base on some training examples, computed once and kept with the checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "mlp_importance.safetensors"
+    layers = models.base.config.num_hidden_layers
+    if path.is_file():
+        saved = load_file(str(path))
+        return [saved[f"layer.{i}"] for i in range(layers)]
+    importance = mlp_importance(models.base, [e.tokens for e in collection.examples(ids)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / ".mlp_importance.tmp"
+    save_file({f"layer.{i}": t.contiguous() for i, t in enumerate(importance)}, str(tmp))
+    tmp.replace(path)
+    return importance
+
+
 def coverage(collection: Collection, example_ids: Sequence[str], vmap: VocabMap) -> float:
     """Share of response rows whose target argmax the draft can propose."""
     rows = covered = 0
@@ -203,7 +227,7 @@ def evaluate_against_generic(directory: Path, models: DistillModels, collection:
         after = teacher_forced_alpha(custom.lm.model, collection, eval_ids, vmap,
                                      lambda d, t: report("alpha (custom draft)", d, t, ""))  # fmt: skip
         evaluation["alpha"] = {cls: {"generic": before[cls].to_json(), "custom": after[cls].to_json()}
-                               for cls in sorted(before)}  # fmt: skip
+                               for cls in sorted(before, key=lambda c: (c == "all", c))}  # fmt: skip
     context = next(iter(collection.examples(eval_ids or [collection.manifest.examples[0].id]))).tokens[:256]
     generic_s = draft_cost_per_token(generic, context.to(models.target.device))
     custom_s = draft_cost_per_token(custom, context.to(models.target.device))
@@ -243,7 +267,8 @@ def model_card(config: DraftConfig, evaluation: dict | None) -> str:
         f"- Traffic: `{t['file']}` (sha256 `{t['sha256'][:16]}…`), {t['train_rows']} training rows, "
         f"{t['heldout_rows']} held out; classes {t['classes']}; responses {t['responses']}; "
         f"{t['train_tokens']} training tokens.",
-        f"- Base: `{config.base_draft}`, layers kept {config.layers} (`--layers {f['layers_spec']}`).",
+        f"- Base: `{config.base_draft}`, layers kept {config.layers} (`--layers {f['layers_spec']}`), MLP width "
+        f"{config.mlp_width or 'unchanged'} (neurons ranked by mean |activation| on the traffic).",
         f"- Output vocabulary: {v['size']} target ids (`vocab_map.json`), covering the target's argmax on "
         f"{v['train_top1_coverage']:.1%} of training and {v['heldout_top1_coverage']:.1%} of held-out response positions; "
         "the input embedding has one more row for every other id.",
@@ -288,11 +313,3 @@ def model_card(config: DraftConfig, evaluation: dict | None) -> str:
         "```", "",
     ]  # fmt: skip
     return "\n".join(lines)
-
-
-def is_trained(directory: Path) -> bool:
-    try:
-        read_draft_config(directory)
-        return True
-    except ValueError:
-        return False

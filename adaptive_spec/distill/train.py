@@ -137,7 +137,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     result = TrainResult(settings.steps)
-    run_key = _run_key(settings, example_ids, vmap)
+    run_key = _run_key(settings, example_ids, vmap, model)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.is_file():
         result.resumed_from = _load_checkpoint(ckpt, run_key, model, optimizer, result)
@@ -185,10 +185,13 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
     return _ORDERS[key]
 
 
-def _run_key(settings: TrainSettings, example_ids: Sequence[str], vmap: VocabMap) -> str:
-    """What a checkpoint must match to be resumed (checkpoint_every may change)."""
+def _run_key(settings: TrainSettings, example_ids: Sequence[str], vmap: VocabMap, model: PreTrainedModel) -> str:
+    """What a checkpoint must match to be resumed (checkpoint_every may change): settings, examples, vocabulary,
+    and the starting model (parameter names, shapes and sums, so another layer choice or base is refused)."""
+    with torch.no_grad():
+        start = [(n, list(p.shape), round(float(p.double().sum()), 6)) for n, p in model.named_parameters()]
     doc = {"settings": settings.model_dump(exclude={"checkpoint_every"}), "examples": list(example_ids),
-           "vocab": vmap.draft_to_target.tolist()}  # fmt: skip
+           "vocab": vmap.draft_to_target.tolist(), "model": start}  # fmt: skip
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
@@ -206,7 +209,7 @@ def _load_checkpoint(path: Path, run_key: str, model, optimizer, result: TrainRe
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["run"] != run_key:
         raise ValueError(
-            f"{path} is a checkpoint of a different run (other settings, examples or vocabulary); "
+            f"{path} is a checkpoint of a different run (other settings, examples, vocabulary or starting model); "
             "delete it or use another output directory"
         )
     with torch.no_grad():
