@@ -34,6 +34,7 @@ def distill_command(
     kind: Annotated[str, typer.Option(help="what to train: 'draft' (a small model); 'head' is not available yet")] = "draft",
     batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-4,
+    bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); ~25% faster on CPU")] = True,
     max_tokens: Annotated[int, typer.Option(min=8, help="prompt + response tokens kept per example")] = 512,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="length cap of responses the target generates")] = 256,
     top_k: Annotated[int, typer.Option(min=1, help="entries of the target's distributions stored")] = 32,
@@ -60,7 +61,7 @@ def distill_command(
 
 
 def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind, batch_examples,
-         lr, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples,
+         lr, bf16_autocast, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples,
          skip_bad_rows, target, draft, pair, dtype, threads):  # fmt: skip
     from ..cli import UserError
     from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
@@ -80,7 +81,8 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
         generic_k=_ks(generic_k, "--generic-k"), custom_k=_ks(custom_k, "--custom-k"),
         collect=CollectSettings(top_k=top_k, hidden_states=hidden_states, max_tokens=max_tokens,
                                 max_new_tokens=max_new_tokens),
-        train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed),
+        train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed,
+                            bf16_autocast=bf16_autocast),
     )  # fmt: skip
     loaded_traffic = read_traffic(traffic, skip_bad_rows)
     for error in loaded_traffic.skipped:

@@ -11,6 +11,11 @@ permutation seeded by (seed, e), and the learning rate is a function of the step
 the settings. A checkpoint (model, optimizer, step, losses) is written atomically every ``checkpoint_every``
 steps; a run started again with the same settings continues from it and ends with the same weights as an
 uninterrupted run.
+
+Measured on the reference pair (24 layers, MLP 608, V' 13.7k; 1 thread on a busy 2-core CPU; ~215 tokens per
+example): float32 2.0 s per example pass, bfloat16 autocast 1.6 s, with the same losses over the first 6 steps
+(4.12 -> 2.64 vs 4.10 -> 2.64); repeated runs gave identical losses in both modes. lr 1e-3 diverged for
+depth-pruned drafts; 5e-4 with 20 warm-up steps did not.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class TrainSettings(BaseModel):
     max_len: int = Field(1024, ge=2, description="longer examples are cut to their first max_len tokens")
     prompt_weight: float = Field(0.0, ge=0, description="loss weight of rows predicting prompt tokens")
     freeze_embeddings: bool = Field(True, description="keep the input embedding fixed (fewer parameters to update)")
-    bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward/backward (weights stay float32)")
+    bf16_autocast: bool = Field(True, description="bfloat16 autocast for forward/backward (weights stay float32)")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
 
