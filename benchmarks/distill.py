@@ -47,8 +47,7 @@ def heldout_prompts(directory: Path, per_class: int, classes: list[str] | None) 
         if classes is None or row["class"] in classes:
             by_class[row["class"]].append(row)
     # alternate classes, so a cut-short run still covers every class
-    picked = [rows[i] for i in range(per_class) for rows in by_class.values() if i < len(rows)]
-    return picked
+    return [group[i] for i in range(per_class) for group in by_class.values() if i < len(group)]
 
 
 def main() -> None:

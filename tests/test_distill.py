@@ -106,14 +106,17 @@ def test_collection_resumes_and_skips_done_examples(tiny, tmp_path):
     class Interrupt(Exception):
         pass
 
-    class Failing(ToyEncoder):
-        def prompt_ids(self, prompt):
-            if "item 7 " in prompt:
-                raise Interrupt
-            return super().prompt_ids(prompt)
+    def interrupt_at_the_8th_forward(module, args, calls=[]):  # noqa: B006 - a counter across calls
+        calls.append(1)
+        if len(calls) == 8:
+            raise Interrupt
 
-    with pytest.raises(Interrupt):
-        collect(tiny[0], Failing(), rows(10), tmp_path / "c", settings)
+    hook = tiny[0].model.register_forward_pre_hook(interrupt_at_the_8th_forward)
+    try:
+        with pytest.raises(Interrupt):
+            collect(tiny[0], ToyEncoder(), rows(10), tmp_path / "c", settings)
+    finally:
+        hook.remove()
     assert len(read_manifest(tmp_path / "c").examples) == 6  # two full shards; the third was cut short
     calls = []
     hook = tiny[0].model.register_forward_pre_hook(lambda module, args: calls.append(1))
@@ -151,6 +154,10 @@ def test_collection_hidden_states_and_generated_responses(tiny, tmp_path):
         assert f.get_tensor("hidden").dtype == torch.float16 and f.get_tensor("topk_ids").dtype == torch.int32
     with pytest.raises(ValueError, match="line 1: no response"):
         collect(target, ToyEncoder(), prompts[:1], tmp_path / "x", CollectSettings())
+    long = [PromptRow(1, "fine", "q", None, "ok"), PromptRow(7, "x" * 40, "q", None, "ok")]
+    with pytest.raises(ValueError, match="line 7: the prompt alone has 41 tokens"):
+        collect(target, ToyEncoder(), long, tmp_path / "y", CollectSettings(max_tokens=32))
+    assert not read_manifest(tmp_path / "y").examples  # refused before any example was collected
 
 
 # --- vocabulary map and drafter ------------------------------------------------------------------------------------
@@ -379,6 +386,8 @@ def test_cli_refuses_bad_traffic_before_loading_models(tmp_path):
     assert "traffic.jsonl:3:" in result.output
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--kind", "head"])
     assert result.exit_code == 2 and "not available" in result.output
+    result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--layers", "3,1"])
+    assert result.exit_code == 2 and "increasing" in result.output
 
 
 def test_split_keeps_groups_together():

@@ -60,14 +60,16 @@ def distill_command(
     _print(summary, directory)
 
 
-def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind, batch_examples,
-         lr, bf16_autocast, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples,
-         skip_bad_rows, target, draft, pair, dtype, threads):  # fmt: skip
+def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind,
+         batch_examples, lr, bf16_autocast, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts,
+         e2e_new_tokens, generic_k, custom_k, eval_max_examples, skip_bad_rows, target, draft, pair, dtype,
+         threads):  # fmt: skip
     from ..cli import UserError
     from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
     from ..runtime import eos_ids
     from ..settings import get_settings
     from .collect import ChatEncoder, CollectSettings
+    from .derive import parse_layers
     from .pipeline import DistillModels, DistillSettings, run_distill
     from .traffic import read_traffic
     from .train import TrainSettings
@@ -76,7 +78,8 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
     if kind != "draft":
         raise UserError(f"--kind {kind!r} is not available: only 'draft' (a small model) for now")
     settings = DistillSettings(
-        kind=kind, layers=layers, mlp_width=mlp_width or None, vocab_size=vocab_size, eval_split=eval_split, max_examples=max_examples, seed=seed,
+        kind=kind, layers=layers, mlp_width=mlp_width or None, vocab_size=vocab_size, eval_split=eval_split,
+        max_examples=max_examples, seed=seed,
         eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
         generic_k=_ks(generic_k, "--generic-k"), custom_k=_ks(custom_k, "--custom-k"),
         collect=CollectSettings(top_k=top_k, hidden_states=hidden_states, max_tokens=max_tokens,
@@ -84,6 +87,7 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
         train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed,
                             bf16_autocast=bf16_autocast),
     )  # fmt: skip
+    parse_layers(layers, 10**6)  # the syntax now; indices against the base draft once it is loaded
     loaded_traffic = read_traffic(traffic, skip_bad_rows)
     for error in loaded_traffic.skipped:
         console.print(f"[yellow]skipped[/yellow] {error}")

@@ -184,12 +184,18 @@ def collect(
     if any(row.response is None for _, row in todo) and respond is None:
         missing = next(row for _, row in todo if row.response is None)
         raise ValueError(f"line {missing.line}: no response, and no target generation was configured")
+    prompts = {rid: encoder.prompt_ids(row.prompt) for rid, row in todo}  # checked before any model work
+    for rid, row in todo:
+        if len(prompts[rid]) + 1 > settings.max_tokens:
+            raise ValueError(f"line {row.line}: the prompt alone has {len(prompts[rid])} tokens "
+                             f"(max_tokens {settings.max_tokens})")  # fmt: skip
     total = len(done) + len(todo)
     if progress:
         progress(len(done), total)
     pending: list[_Pending] = []
     for n, (rid, row) in enumerate(todo, 1):
-        pending.append(_collect_one(target, encoder, row, rid, settings, respond, len(manifest.shards), len(pending)))
+        record = _collect_one(target, encoder, row, rid, prompts[rid], settings, respond, len(manifest.shards), len(pending))
+        pending.append(record)
         if len(pending) == settings.shard_examples:
             _flush(out, manifest, pending)
             pending = []
@@ -218,11 +224,8 @@ def _open_or_create(out: Path, settings: CollectSettings, identity: TargetIdenti
     return manifest
 
 
-def _collect_one(target, encoder: Encoder, row: PromptRow, rid: str, settings: CollectSettings,
+def _collect_one(target, encoder: Encoder, row: PromptRow, rid: str, prompt: list[int], settings: CollectSettings,
                  respond: Respond | None, shard: int, index: int) -> _Pending:  # fmt: skip
-    prompt = encoder.prompt_ids(row.prompt)
-    if len(prompt) + 1 > settings.max_tokens:
-        raise ValueError(f"line {row.line}: the prompt alone has {len(prompt)} tokens (max_tokens {settings.max_tokens})")
     if row.response is not None:
         response, kind = encoder.response_ids(row.response), "given"
     else:

@@ -78,6 +78,7 @@ def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: 
                 models: DistillModels, report: Report | None = None) -> dict:  # fmt: skip
     """Train and evaluate a custom draft from ``rows``; returns the evaluation summary (also in OUT/eval.json)."""
     report = report or (lambda stage, done, total, note="": None)
+    layers = parse_layers(settings.layers, models.base.config.num_hidden_layers)  # bad choices fail before any work
     out.mkdir(parents=True, exist_ok=True)
     # 1. which rows train, which are held out
     rows = interleave_classes(rows, settings.max_examples)
@@ -96,7 +97,6 @@ def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: 
 
     # 3. vocabulary, then the derived draft, trained
     vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
-    layers = parse_layers(settings.layers, models.base.config.num_hidden_layers)
     importance = None
     if settings.mlp_width is not None and settings.mlp_width < models.base.config.intermediate_size:
         importance = _importance(collection, train_ids[: settings.importance_examples], models, out / "checkpoint")
@@ -115,7 +115,9 @@ def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: 
     # 5. evaluate the saved draft against the generic one
     evaluation = evaluate_against_generic(out, models, collection, eval_ids[: settings.eval_max_examples],
                                           eval_rows, settings, report)  # fmt: skip
-    config.facts["evaluation"] = evaluation
+    config.facts["evaluation"] = {k: v for k, v in evaluation.items() if k != "end_to_end"} | (
+        {"end_to_end": {k: v for k, v in evaluation["end_to_end"].items() if k != "runs"}} if "end_to_end" in evaluation else {}
+    )  # per-run rows stay in eval.json
     save_custom_draft(draft, vmap, out, config, model_card(config, evaluation))
     atomic_write_text(out / "eval.json", json.dumps(evaluation, indent=1))
     return evaluation
@@ -132,7 +134,8 @@ def _write_heldout(path: Path, rows: list[PromptRow]) -> None:
 
 
 def _responder(models: DistillModels, max_new_tokens: int) -> Respond:
-    """Greedy target responses for rows without one (lookup-else-generic-draft speculation: same output, faster)."""
+    """Greedy target responses for rows without one, sped up by lookup-else-generic-draft speculation (the same
+    output as plain greedy decoding, up to bf16 near-tie flips)."""
     from ..runtime import standard_drafters
 
     engine = SpeculativeEngine(models.target, standard_drafters(models.target, models.base))
