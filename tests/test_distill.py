@@ -20,16 +20,15 @@ from adaptive_spec.distill import (
     IdentityError,
     TrainSettings,
     VocabMap,
-    collect,
     load_custom_draft,
     save_custom_draft,
     target_identity,
-    train,
 )
 from adaptive_spec.distill.cli import distill_command
-from adaptive_spec.distill.collect import CollectionError, read_manifest, teacher_forced
+from adaptive_spec.distill.collect import CollectionError, collect, read_manifest
 from adaptive_spec.distill.derive import derive_draft, parse_layers, spaced_layers
 from adaptive_spec.distill.pipeline import DistillModels, DistillSettings, run_distill
+from adaptive_spec.distill.train import train
 from adaptive_spec.distill.traffic import TrafficError, read_traffic, split_rows
 from adaptive_spec.distill.vocab import choose_vocab
 from adaptive_spec.engine import Decision, DraftRequest, ModelDrafter, SamplingParams, SpeculativeEngine, StopRule, fixed

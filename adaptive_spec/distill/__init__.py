@@ -5,30 +5,37 @@
 - ``train``: KL distillation, reproducible and resumable.
 - ``drafter``, ``artifact``: ``CustomDrafter`` (a third drafter, "custom"), saving, ``load_custom_draft``.
 - ``evaluate``, ``pipeline``, ``cli``: held-out evaluation, the whole run, the command.
+
+Names load lazily, so importing ``adaptive_spec.distill.cli`` (to register the command) does not import torch.
+The functions ``collect.collect`` and ``train.train`` share their modules' names: import them from the modules.
 """
 
-from .artifact import DraftConfig, load_custom_draft, read_draft_config, save_custom_draft
-from .collect import ChatEncoder, Collection, CollectSettings, collect
-from .drafter import CUSTOM, CustomDrafter
-from .identity import IdentityError, TargetIdentity, target_identity
-from .train import TrainSettings, train
-from .vocab import VocabMap
+from __future__ import annotations
 
-__all__ = [
-    "CUSTOM",
-    "ChatEncoder",
-    "CollectSettings",
-    "Collection",
-    "CustomDrafter",
-    "DraftConfig",
-    "IdentityError",
-    "TargetIdentity",
-    "TrainSettings",
-    "VocabMap",
-    "collect",
-    "load_custom_draft",
-    "read_draft_config",
-    "save_custom_draft",
-    "target_identity",
-    "train",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CUSTOM": "drafter",
+    "CustomDrafter": "drafter",
+    "ChatEncoder": "collect",
+    "CollectSettings": "collect",
+    "Collection": "collect",
+    "DraftConfig": "artifact",
+    "load_custom_draft": "artifact",
+    "read_draft_config": "artifact",
+    "save_custom_draft": "artifact",
+    "IdentityError": "identity",
+    "TargetIdentity": "identity",
+    "target_identity": "identity",
+    "TrainSettings": "train",
+    "VocabMap": "vocab",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
