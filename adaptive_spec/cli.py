@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .distill.cli import distill_command
 from .stats_cli import stats_app
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="Fetch and inspect the reference model pair.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(stats_app, name="stats")
+app.command("distill")(distill_command)
 
 console = Console(stderr=True)
 

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel, Qwen2Config
 from ..engine.head import DraftHead, HeadDrafter, attach_head, head_config
 from ..traces.format import atomic_write_text
 from .collect import Collection
-from .identity import TargetIdentity, target_identity
+from .identity import IdentityError, TargetIdentity, target_identity
 from .vocab import VocabMap
 
 HEAD_FILE = "head.safetensors"
@@ -136,6 +136,7 @@ def _position_loss(head: DraftHead, embed, ex, vmap: VocabMap, settings: HeadSet
 def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection, train_ids: Sequence[str],
                vmap: VocabMap, settings: HeadSettings, out: Path, progress: Progress | None = None) -> dict:  # fmt: skip
     """Train in place; checkpoints to ``out`` every ``checkpoint_every`` steps and resumes from one if present."""
+    out.mkdir(parents=True, exist_ok=True)
     embed = target.get_input_embeddings()
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
@@ -167,7 +168,7 @@ def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection,
                 continue
             loss, positions, agreed = result
             (loss / settings.batch_tokens).backward()
-            batch_loss += float(loss)
+            batch_loss += float(loss.detach())
             tokens_in_batch += positions
             agree += agreed
             seen += positions
@@ -288,10 +289,10 @@ def load_head(directory: str | os.PathLike, target: PreTrainedModel) -> DraftHea
     if not path.is_file():
         raise HeadError(f"no draft head at {directory} ({CONFIG_FILE} not found)")
     config = HeadFileConfig.model_validate_json(path.read_text())
-    mine = target_identity(target)
-    if config.target != mine:
-        raise HeadError(f"{directory}: this head was trained for another target "
-                        f"({config.target.name or config.target.checksum[:12]}), not for this one")  # fmt: skip
+    try:
+        config.target.check(target_identity(target), f"the draft head at {directory}")
+    except IdentityError as error:
+        raise HeadError(f"{error}: this head was trained for another target") from None
     vocab = torch.tensor(config.vocab, dtype=torch.long)
     head = DraftHead(Qwen2Config(**config.layer), vocab)
     state = _dequant(load_file(str(directory / HEAD_FILE)))
