@@ -321,7 +321,7 @@ def _fit_classifier(traces, result, extra: Optional[Path], seed: int) -> dict:
     if extra is not None:
         rows += [(r.prompt, r.request_class) for r in read_workload(extra).rows if r.prompt not in held_out_prompts]
     prompts, labels = zip(*dict(rows).items())
-    return PromptClassifier(n_features=2**12, random_state=seed).fit(list(prompts), list(labels)).to_json()
+    return json.loads(PromptClassifier(n_features=2**12, random_state=seed).fit(list(prompts), list(labels)).to_json())
 
 
 def _print_profiles(profiles) -> None:

@@ -12,6 +12,7 @@ per round; ``"on"`` always drafts when a drafter is available; ``"off"`` is plai
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def policy_from_file(policy: PolicyFile, store: StatsStore | None = None,
     if policy.classifier is not None:
         from .policy.classifier import PromptClassifier
 
-        classifier = PromptClassifier.from_json(policy.classifier)
+        classifier = PromptClassifier.from_json(json.dumps(policy.classifier))
     if model_drafters is not None:
         model_drafters = [d for d in model_drafters if d in policy.cost.drafts]
     return AdaptivePolicy(policy.cost, estimator, policy.controller, classifier, model_drafters)
