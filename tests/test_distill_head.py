@@ -82,3 +82,21 @@ def test_saved_head_drafts_losslessly_and_only_for_its_target(setup, tmp_path, q
         assert out.sequences[0].tolist() == reference(target, prompt, 30, eos=-1)
     with pytest.raises(HeadError, match="another target"):
         load_head(tmp_path / "head", tiny_model(7, layers=2))
+
+
+def test_distill_kind_head_end_to_end(tmp_path):
+    """The whole `distill --kind head` pipeline on tiny models: collect features, train, save, evaluate."""
+    from adaptive_spec.distill.head_pipeline import HeadRunSettings, run_head
+    from adaptive_spec.distill.pipeline import DistillModels
+    from tests.tiny import noisy_copy
+
+    target = tiny_model(0, layers=2)
+    models = DistillModels(target=target, base=noisy_copy(target, 0.3, seed=1), encoder=ToyEncoder(),
+                           eos=frozenset([1]))  # fmt: skip
+    settings = HeadRunSettings(vocab_size=64, eval_split=0.25, e2e_prompts=1, e2e_new_tokens=12,
+                               generic_k=(2,), head_k=(2, 4),
+                               head=HeadSettings(intermediate_size=64, steps=10, batch_tokens=128))  # fmt: skip
+    evaluation = run_head(tmp_path / "traffic.jsonl", rows(16), tmp_path / "out", settings, models)
+    assert (tmp_path / "out" / "head.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()
+    assert evaluation["cost_per_token_ms"]["head"] > 0
+    assert evaluation["end_to_end"]["outputs_equal_target_share"] == 1.0  # float32: lossless

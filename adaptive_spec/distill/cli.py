@@ -31,7 +31,10 @@ def distill_command(
     layers: Annotated[str, typer.Option(help="base-draft layers kept: all, N evenly spaced, firstN+last, or i,j,k")] = "all",
     mlp_width: Annotated[int, typer.Option(min=0, help="MLP neurons kept per layer (0: the base's width)")] = 608,
     vocab_size: Annotated[int, typer.Option(min=16, help="output vocabulary V' (target ids kept)")] = 16384,
-    kind: Annotated[str, typer.Option(help="what to train: 'draft' (a small model); 'head' is not available yet")] = "draft",
+    kind: Annotated[str, typer.Option(help="what to train: 'draft' (a small model) or 'head' (on the target's features)")] = "draft",
+    head_width: Annotated[int, typer.Option(min=64, help="--kind head: MLP width of the head's layer")] = 2048,
+    unroll: Annotated[int, typer.Option(min=0, max=3, help="--kind head: passes on its own predicted features")] = 1,
+    batch_tokens: Annotated[int, typer.Option(min=64, help="--kind head: positions per training step")] = 2048,
     batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-4,
     bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); ~25% faster on CPU")] = True,
@@ -61,9 +64,9 @@ def distill_command(
 
 
 def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind,
-         batch_examples, lr, bf16_autocast, max_tokens, max_new_tokens, top_k, hidden_states, e2e_prompts,
-         e2e_new_tokens, generic_k, custom_k, eval_max_examples, skip_bad_rows, target, draft, pair, dtype,
-         threads):  # fmt: skip
+         head_width, unroll, batch_tokens, batch_examples, lr, bf16_autocast, max_tokens, max_new_tokens, top_k,
+         hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples, skip_bad_rows, target,
+         draft, pair, dtype, threads):  # fmt: skip
     from ..cli import UserError
     from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
     from ..runtime import eos_ids
@@ -75,9 +78,22 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
     from .train import TrainSettings
 
     # 1. everything that can be checked before loading a model
-    if kind != "draft":
-        raise UserError(f"--kind {kind!r} is not available: only 'draft' (a small model) for now")
-    settings = DistillSettings(
+    if kind not in ("draft", "head"):
+        raise UserError(f"--kind must be 'draft' or 'head', got {kind!r}")
+    if kind == "head":
+        from .head import HeadSettings
+        from .head_pipeline import HeadRunSettings
+
+        settings = HeadRunSettings(
+            vocab_size=vocab_size, eval_split=eval_split, max_examples=max_examples, seed=seed,
+            eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
+            generic_k=_ks(generic_k, "--generic-k"), head_k=_ks(custom_k, "--custom-k"),
+            collect=CollectSettings(top_k=top_k, hidden_states=True, max_tokens=max_tokens, max_new_tokens=max_new_tokens),
+            head=HeadSettings(intermediate_size=head_width, steps=steps, batch_tokens=batch_tokens, lr=lr,
+                              unroll=unroll, seed=seed),
+        )  # fmt: skip
+    else:
+        settings = DistillSettings(
         kind=kind, layers=layers, mlp_width=mlp_width or None, vocab_size=vocab_size, eval_split=eval_split,
         max_examples=max_examples, seed=seed,
         eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
@@ -86,7 +102,7 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
                                 max_new_tokens=max_new_tokens),
         train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed,
                             bf16_autocast=bf16_autocast),
-    )  # fmt: skip
+        )  # fmt: skip
     parse_layers(layers, 10**6)  # the syntax now; indices against the base draft once it is loaded
     loaded_traffic = read_traffic(traffic, skip_bad_rows)
     for error in loaded_traffic.skipped:
@@ -115,7 +131,12 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
                 tasks[stage] = bar.add_task(stage, total=total, note=note)
             bar.update(tasks[stage], completed=done, total=total, note=note)
 
-        summary = run_distill(Path(traffic), loaded_traffic.rows, Path(out), settings, models, report)
+        if kind == "head":
+            from .head_pipeline import run_head
+
+            summary = run_head(Path(traffic), loaded_traffic.rows, Path(out), settings, models, report)
+        else:
+            summary = run_distill(Path(traffic), loaded_traffic.rows, Path(out), settings, models, report)
     return summary, Path(out)
 
 
@@ -132,6 +153,15 @@ def _ks(text: str, option: str) -> tuple[int, ...]:
 def _print(summary: dict, directory: Path) -> None:
     from rich.table import Table
 
+    if "cost_per_token_ms" in summary:  # a draft head
+        for cls, a in summary.get("alpha", {}).items():
+            typer.echo(f"{cls}: head alpha " + ", ".join(f"{k} {v:.3f}" for k, v in a.items() if v is not None))
+        typer.echo(f"cost per drafted token (ms): {summary['cost_per_token_ms']}")
+        for cls, entry in summary.get("end_to_end", {}).get("classes", {}).items():
+            best = ", ".join(f"{d} {b['config']} {b['speedup']:.2f}x" for d, b in entry["best"].items())
+            typer.echo(f"end to end {cls}: {best}; ratio {entry.get('ratio', float('nan')):.2f}")
+        typer.echo(f"wrote {directory} (model card: {directory / 'README.md'}, evaluation: {directory / 'eval.json'})")
+        return
     if "alpha" in summary:
         table = Table(title="Held-out acceptance (teacher-forced, greedy / sampled)")
         for col in ("class", "rows", "generic draft", "custom draft"):
