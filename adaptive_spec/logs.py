@@ -11,6 +11,20 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """A file-like that resolves ``sys.stderr`` at write time.
+
+    Binding the stream at configure time breaks when the stream is swapped and closed later
+    (test runners, notebook kernels, typer's CliRunner): structlog would then write to a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "warning", as_json: bool = False) -> None:
     renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -20,6 +34,6 @@ def configure_logging(level: str = "warning", as_json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),
         cache_logger_on_first_use=False,
     )

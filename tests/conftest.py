@@ -19,3 +19,12 @@ def _one_thread():
 def pair():
     """(target, draft): a tiny target and a noisy copy of it as draft, float32, vocab 128."""
     return tiny_pair()
+
+
+@pytest.fixture(autouse=True)
+def _default_structlog():
+    """CLI tests configure structlog globally; put the defaults back so one test's set-up never leaks."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()

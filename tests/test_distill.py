@@ -384,7 +384,9 @@ def test_cli_refuses_bad_traffic_before_loading_models(tmp_path):
     assert result.exit_code == 2
     assert "traffic.jsonl:3:" in result.output
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--kind", "head"])
-    assert result.exit_code == 2 and "not available" in result.output
+    assert result.exit_code == 2 and "traffic.jsonl:3:" in result.output  # the head pipeline checks traffic first too
+    result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--kind", "bogus"])
+    assert result.exit_code == 2
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--layers", "3,1"])
     assert result.exit_code == 2 and "increasing" in result.output
 
