@@ -42,7 +42,7 @@ from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
-from adaptive_spec.traces.simulate import simulate  # noqa: E402
+from adaptive_spec.traces.simulate import replay, simulate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FIXED = [FixedPolicy("model", k) for k in range(1, 9)] + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 10, 16)]
@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="at most this many prompts (quick runs)")
+    parser.add_argument("--per-category", type=int, default=None,
+                        help="at most this many held-out prompts of each category (shorter, still balanced runs)")
+    parser.add_argument("--skip-hf", action="store_true", help="leave out HF assisted generation (the slowest run)")
     parser.add_argument("--off-prompts", type=int, default=6, help="prompts for the off-path measurement")
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptive")
     args = parser.parse_args()
@@ -95,6 +98,9 @@ def main() -> None:
     policy_file = load_policy_file(args.policy)
     traces = read_traces(args.traces, pair_id=policy_file.pair_id)
     _, held_out = split_by_class(traces, args.held_out, args.seed)
+    if args.per_category:
+        seen = defaultdict(int)
+        held_out = [t for t in held_out if _count(seen, t.request_class) <= args.per_category]
     random.Random(args.seed).shuffle(held_out)
     held_out = held_out[: args.limit] if args.limit else held_out
     best_fixed, per_class, sim_fixed = hindsight(held_out, policy_file.cost)
@@ -129,6 +135,9 @@ def main() -> None:
         "adaptive (cold)": lambda ids, row: adaptive.generate(ids, max_new_tokens=args.max_new_tokens,
                                                               prompt_text=row.prompt).result,  # fmt: skip
     }
+    if args.skip_hf:
+        del configs["hf assisted default"]
+    predicted = predicted_seconds(held_out, policy_file, best_fixed, per_class)
     warm = chat_ids(tok, "Say hi.")
     for name, run in configs.items():
         if name != "adaptive (cold)":  # the adaptive store must start empty
@@ -142,7 +151,8 @@ def main() -> None:
         for name in order:
             result = configs[name](ids, trace)
             rows.append({"prompt": p, "class": trace.request_class, "config": name,
-                         "tokens": result.num_new_tokens, "seconds": result.total_s})  # fmt: skip
+                         "tokens": result.num_new_tokens, "seconds": result.total_s,
+                         "replay_seconds": predicted.get(name, {}).get(p)})  # fmt: skip
             print(f"[{p + 1}/{len(held_out)}] {trace.request_class:15s} {name:32s} "
                   f"{result.num_new_tokens / result.total_s:6.2f} tok/s", flush=True)  # fmt: skip
 
@@ -150,12 +160,46 @@ def main() -> None:
     summary = summarize(rows, names, adaptive_policy.samples, off, sim_fixed)
     meta = {"prompts": len(held_out), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
             "policy": str(args.policy), "traces": str(args.traces), "best_fixed": best_fixed.name,
-            "per_category_oracle": {c: p.name for c, p in per_class.items()}}  # fmt: skip
+            "per_category_oracle": {c: p.name for c, p in per_class.items()},
+            "command": "python " + " ".join(sys.argv)}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
     args.out.with_suffix(".md").write_text(markdown(summary, meta))
     plot(summary, args.out.with_suffix(".png"))
     print(markdown(summary, meta))
+
+
+def _count(seen: dict, key: str) -> int:
+    seen[key] += 1
+    return seen[key]
+
+
+def predicted_seconds(traces, policy_file, best_fixed, per_class) -> dict[str, dict[int, float]]:
+    """Per configuration and prompt, the time exact replay predicts (the simulator's validation).
+
+    The adaptive replay runs on a fresh policy in the same order, so its store evolves as in the real run; it uses
+    the traces' classes where the real run classifies the prompt itself.
+    """
+    cost = policy_file.cost
+    policies = {"target-only": [FixedPolicy()] * len(traces),
+                f"best fixed ({best_fixed.name})": [best_fixed] * len(traces),
+                "per-category oracle": [per_class[t.request_class] for t in traces]}  # fmt: skip
+    out = {name: {p: replay(t, pol[p], cost).seconds for p, t in enumerate(traces)} for name, pol in policies.items()}
+    adaptive = policy_from_file(policy_file)
+    out["adaptive (cold)"] = {p: replay(t, adaptive, cost).seconds for p, t in enumerate(traces)}
+    return out
+
+
+def validation(rows) -> dict:
+    """How close replayed time is to measured time, per configuration (bar: within 10%)."""
+    out = {}
+    for name in sorted({r["config"] for r in rows if r.get("replay_seconds")}):
+        errors = [r["replay_seconds"] / r["seconds"] - 1 for r in rows if r["config"] == name and r.get("replay_seconds")]
+        out[name] = {"prompts": len(errors), "within_10pct": sum(abs(e) <= 0.10 for e in errors),
+                     "median_abs_error": statistics.median(abs(e) for e in errors),
+                     "total_error": sum(r["replay_seconds"] for r in rows if r["config"] == name)
+                     / sum(r["seconds"] for r in rows if r["config"] == name) - 1}  # fmt: skip
+    return out
 
 
 class _Result:
@@ -224,6 +268,7 @@ def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
                       "count": len(decide_us)},  # fmt: skip
         "off_path": off,
         "simulated_fixed_tps": sim_fixed,
+        "replay_validation": validation(rows),
     }
 
 
@@ -233,7 +278,7 @@ def markdown(summary, meta) -> str:
     lines = ["# Adaptive benchmark", "",
              f"Reference pair, bf16, {meta['threads']} threads, greedy, {meta['max_new_tokens']} new tokens, "
              f"{meta['prompts']} held-out Spec-Bench prompts, shuffled, every configuration interleaved per prompt. "
-             f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**.", "",
+             f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**. Command: `{meta.get('command', '')}`.", "",
              "Speedup over target-only (tokens/s ratio):", "",
              "| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]  # fmt: skip
     for name, row in summary["speedup_vs_target"].items():
@@ -248,6 +293,11 @@ def markdown(summary, meta) -> str:
               f"{o['overhead_vs_engine_plain'] * 100:+.2f}% vs this engine at k=0, "
               f"{o['overhead_vs_hf_generate'] * 100:+.2f}% vs `generate` (bar <= 2%); tokens/s "
               + ", ".join(f"{k} {v:.3f}" for k, v in o["tokens_per_s"].items())]  # fmt: skip
+    lines += ["", "Replay validation: time predicted by exact replay of each prompt's trace vs measured time:", "",
+              "| config | prompts | within 10% | median abs error | total error |", "|---|---|---|---|---|"]
+    for name, v in summary["replay_validation"].items():
+        lines.append(f"| {name} | {v['prompts']} | {v['within_10pct']} | {v['median_abs_error'] * 100:.1f}% | "
+                     f"{v['total_error'] * 100:+.1f}% |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -92,7 +92,7 @@ def main() -> None:
 def markdown(summary, args, n_train, n_test) -> str:
     lines = ["# Policy benchmark (exact replay, calibrated costs)", "",
              f"Traces: `{args.traces.name}`, {n_train} training / {n_test} held-out requests; policy "
-             f"`{args.policy.name}`. Command: `python benchmarks/policy.py --traces {args.traces} --policy {args.policy}`.",
+             f"`{args.policy.name}`. Command: `python benchmarks/policy.py --traces {args.traces} --policy {args.policy.relative_to(ROOT) if args.policy.is_relative_to(ROOT) else args.policy}`.",
              "", "| class | requests | target tok/s | best fixed (speedup) | adaptive speedup | oracle speedup | adaptive/oracle |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary["rows"]:
