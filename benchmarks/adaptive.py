@@ -5,7 +5,8 @@ policy was trained on the other half), all categories mixed in one shuffled stre
 back in one process:
 
 - target-only (this engine, plain steps) and HF assisted generation with its defaults;
-- the best single fixed configuration in hindsight (over model draft k = 1..8 and prompt lookup) and the
+- the best single fixed configuration in hindsight (over model draft k = 1..8, prompt lookup, and the
+  confidence-stopped draft and hybrid policies of HEADROOM.md) and the
   per-category oracle (the best fixed configuration of each category in hindsight) — "hindsight" is decided by
   exact replay of these prompts' own traces, then run for real;
 - AdaptiveGenerator with the trained policy, starting cold (empty statistics store), classifying each prompt
@@ -45,7 +46,13 @@ from adaptive_spec.traces.format import read_traces  # noqa: E402
 from adaptive_spec.traces.simulate import replay, simulate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-FIXED = [FixedPolicy("model", k) for k in range(1, 9)] + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 10, 16)]
+# The fixed set the issue names (model draft k = 1..8, prompt lookup), plus what HEADROOM.md found to be the strongest
+# fixed policies: a confidence-stopped draft and the hybrid (lookup when it proposes, else that draft).
+FIXED = (
+    [FixedPolicy("model", k) for k in range(1, 9)]
+    + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 10, 16)]
+    + [FixedPolicy(drafter, k, threshold) for drafter in ("model", "hybrid") for k in (4, 8, 16) for threshold in (0.5, 0.7)]
+)
 
 
 class Timed:

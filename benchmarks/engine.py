@@ -146,6 +146,7 @@ def main() -> None:
         "hf target-only (stride fix)": hf_fixed(),
         "ours target-only": ours(lambda s: PLAIN_STEP),
         "hf assisted default": hf_assisted(None, fix=False),
+        "hf assisted default (stride fix)": hf_assisted(None),
         "hf assisted k=4 (as shipped)": hf_assisted(4, fix=False),
         "hf assisted k=2": hf_assisted(2),
         "hf assisted k=4": hf_assisted(4),
