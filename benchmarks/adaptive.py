@@ -119,6 +119,7 @@ def main() -> None:
     adaptive_policy = Timed(policy_from_file(policy_file))  # empty in-memory store: a cold start
     adaptive = AdaptiveGenerator(pair.target, pair.draft, tok, policy=adaptive_policy)
     fixed_gen = AdaptiveGenerator(pair.target, pair.draft, tok, policy=best_fixed)
+    plain_gen = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy())
     default_assistant = copy.deepcopy(pair.draft.generation_config)
 
     def run_fixed(policy):
@@ -134,8 +135,7 @@ def main() -> None:
         return _Result(out.shape[1] - ids.shape[1], time.perf_counter() - start)
 
     configs = {
-        "target-only": lambda ids, row: fixed_gen.generate(ids, max_new_tokens=args.max_new_tokens,
-                                                           speculation="off").result,  # fmt: skip
+        "target-only": lambda ids, row: plain_gen.generate(ids, max_new_tokens=args.max_new_tokens).result,
         "hf assisted default": hf_default,
         f"best fixed ({best_fixed.name})": run_fixed(best_fixed),
         "per-category oracle": lambda ids, row: run_fixed(per_class[row.request_class])(ids, row),

@@ -175,3 +175,22 @@ def test_bad_policy_files(tmp_path):
         load_policy_file(path)
     with pytest.raises(PolicyFileError, match="not found"):
         load_policy_file(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("fixed_policy", ["fixed", "per-class"])
+def test_speculation_off_wins_over_a_fixed_policy(pair, fixed_policy):
+    """speculation="off" means plain steps whatever the policy; a fixed policy that ignored it once made a
+    benchmark's target-only baseline silently speculate."""
+    from adaptive_spec.policy.base import FixedPolicy, PerClassPolicy
+
+    target, draft = pair
+    policy = FixedPolicy("model", 4)
+    if fixed_policy == "per-class":
+        policy = PerClassPolicy({"c": policy}, FixedPolicy("lookup", 3))
+    gen = AdaptiveGenerator(target, draft, policy=policy)
+    prompt = torch.tensor([PROMPTS[0]])
+    off = gen.generate(prompt, max_new_tokens=20, eos_token_id=-1, request_class="c", speculation="off")
+    assert {r.k for r in off.result.records} == {0}
+    on = gen.generate(prompt, max_new_tokens=20, eos_token_id=-1, request_class="c")
+    assert any(r.k > 0 for r in on.result.records)
+    assert torch.equal(off.sequences, on.sequences)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..engine import Decision, RoundState
+from ..engine import PLAIN_STEP, Decision, RoundState
 from ..records import RoundRecord
 
 
@@ -86,7 +86,9 @@ class FixedPolicy:
 
     def start(self, request: RequestInfo) -> _FixedSession:
         decision = self.decision
-        if request.max_k is not None and decision.k > request.max_k:
+        if request.speculation == "off":  # the caller's per-request switch wins over any fixed choice
+            decision = PLAIN_STEP
+        elif request.max_k is not None and decision.k > request.max_k:
             decision = Decision(decision.drafter, request.max_k, decision.threshold)
         return _FixedSession(decision, request.request_class)
 
