@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class CostTable(BaseModel):
@@ -25,6 +25,9 @@ class CostTable(BaseModel):
     tokens: list[int] = Field(min_length=1)  # ascending
     contexts: list[int] = Field(min_length=1)  # ascending
     seconds: list[list[float]]  # [len(contexts)][len(tokens)]
+    # The controller prices a dozen candidate rounds before each round, mostly at the same few (n, context) points
+    # as the round before; memoising keeps a decision well inside its time budget.
+    _memo: dict[tuple[int, int], float] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _shape(self) -> "CostTable":
@@ -38,8 +41,22 @@ class CostTable(BaseModel):
 
     def __call__(self, n: int, context: int) -> float:
         """Seconds for a forward of ``n`` tokens after ``context`` cached tokens."""
-        rows = [_interp(self.tokens, row, n) for row in self.seconds]
-        return max(_interp(self.contexts, rows, context), 1e-6)
+        key = (n, context)
+        value = self._memo.get(key)
+        if value is not None:
+            return value
+        xs = self.contexts
+        if len(xs) == 1:
+            value = _interp(self.tokens, self.seconds[0], n)
+        else:  # bilinear: only the two context rows around ``context`` matter
+            i = min(max(bisect.bisect_right(xs, context) - 1, 0), len(xs) - 2)
+            y0, y1 = _interp(self.tokens, self.seconds[i], n), _interp(self.tokens, self.seconds[i + 1], n)
+            value = y0 + (y1 - y0) * (context - xs[i]) / (xs[i + 1] - xs[i])
+        value = max(value, 1e-6)
+        if len(self._memo) >= 4096:
+            self._memo.clear()
+        self._memo[key] = value
+        return value
 
 
 def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
