@@ -58,6 +58,34 @@ def cold_start(traces, cost, config, stream_len: int = 60, window: int = 10, see
     return out
 
 
+def decision_cost(traces, cost, config, warm) -> dict:
+    """Microseconds per controller decision (``decide``), over every round of a replay of ``traces``."""
+    import time
+
+    policy = T.adaptive(cost, config)
+    simulate(warm, policy, cost)
+    samples: list[float] = []
+    start = policy.start
+
+    def timed_start(request):
+        session = start(request)
+        decide = session.decide
+
+        def timed(state):
+            t0 = time.perf_counter()
+            decision = decide(state)
+            samples.append((time.perf_counter() - t0) * 1e6)
+            return decision
+
+        session.decide = timed
+        return session
+
+    policy.start = timed_start
+    simulate(traces, policy, cost)
+    samples.sort()
+    return {"p50": samples[len(samples) // 2], "p99": samples[int(0.99 * len(samples))], "count": len(samples)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", type=Path, required=True)
@@ -78,6 +106,7 @@ def main() -> None:
         "adaptive_speedup": overall["adaptive_speedup"],
         "best_fixed": overall["best_fixed"],
         "best_fixed_speedup": overall["best_fixed_tps"] / overall["target_only"],
+        "decide_us": decision_cost(test_set, policy.cost, policy.controller, train_set),
         "cold_start_worst_requests_to_90pct": max((c["requests_to_90pct"] or 10**9) for c in cold.values()),
         "rows": rows,
         "cold_start": {c: {k: v for k, v in d.items() if k != "running_ratio"} for c, d in cold.items()},
@@ -100,7 +129,10 @@ def markdown(summary, args, n_train, n_test) -> str:
                      f"({r['best_fixed_tps'] / r['target_only']:.2f}x) | {r['adaptive_speedup']:.2f}x | "
                      f"{r['oracle_tps'] / r['target_only']:.2f}x | {r['adaptive_vs_oracle'] * 100:.1f}% |")  # fmt: skip
     lines += ["", f"- held-out adaptive / per-request oracle: **{summary['adaptive_vs_per_request_oracle'] * 100:.1f}%** "
-              "(bar >= 95%)", "", "Cold start (empty store, 60-request stream per class, 10-request window):", "",
+              "(bar >= 95%)",
+              f"- controller decision cost (replay, every held-out round): p50 {summary['decide_us']['p50']:.1f} us, "
+              f"p99 {summary['decide_us']['p99']:.1f} us over {summary['decide_us']['count']} decisions (bar p50 <= 50 us)",
+              "", "Cold start (empty store, 60-request stream per class, 10-request window):", "",
               "| class | requests until >= 90% of warm (and staying) | first 50 requests vs warm |", "|---|---|---|"]  # fmt: skip
     for c, d in summary["cold_start"].items():
         lines.append(f"| {c} | {d['requests_to_90pct']} | {d['first_50_vs_warm'] * 100:.1f}% |")
