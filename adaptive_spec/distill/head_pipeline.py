@@ -24,11 +24,10 @@ from ..engine import ModelDrafter, SpeculativeEngine, StopRule
 from ..engine.drafters import DraftRequest
 from ..traces.format import atomic_write_text
 from ..traces.workload import PromptRow
-from .collect import Collection, CollectSettings, collect, example_id
+from .collect import Collection, CollectSettings
 from .evaluate import end_to_end, runs_to_json, summarize
 from .head import HeadSettings, attach_saved_head, build_head, head_alpha, save_head, train_head
-from .pipeline import GENERIC, DistillModels, Report, _e2e_prompts, _responder, _unique, _vocabulary, _write_heldout
-from .traffic import interleave_classes, split_rows
+from .pipeline import GENERIC, DistillModels, Report, _e2e_prompts, _vocabulary, split_and_collect
 
 HEAD = "head"
 
@@ -56,19 +55,8 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     if not settings.collect.hidden_states:
         raise ValueError("a draft head needs the target's features: collect with hidden states")
     out.mkdir(parents=True, exist_ok=True)
-    # 1. split
-    rows = interleave_classes(rows, settings.max_examples)
-    train_rows, eval_rows = split_rows(rows, settings.eval_split, settings.seed)
-    if not train_rows:
-        raise ValueError("no training rows left after the held-out split")
-    train_ids = _unique(example_id(r) for r in train_rows)
-    eval_ids = [i for i in _unique(example_id(r) for r in eval_rows) if i not in set(train_ids)]
-    _write_heldout(out / "heldout.jsonl", eval_rows)
-    # 2. the target's distributions and features
-    collect(models.target, models.encoder, train_rows + eval_rows, out / "collection", settings.collect,
-            _responder(models, settings.collect.max_new_tokens),
-            lambda done, total: report("collecting (target prefill)", done, total, ""))  # fmt: skip
-    collection = Collection(out / "collection")
+    # 1-2. split, then the target's distributions and features
+    train_rows, eval_rows, train_ids, eval_ids, collection = split_and_collect(rows, out, settings, models, report)
     # 3. vocabulary, head, training
     vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
     head = build_head(models.target, vmap, settings.head)

@@ -74,13 +74,13 @@ class DistillModels:
     base_name: str = ""
 
 
-def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: DistillSettings,
-                models: DistillModels, report: Report | None = None) -> dict:  # fmt: skip
-    """Train and evaluate a custom draft from ``rows``; returns the evaluation summary (also in OUT/eval.json)."""
-    report = report or (lambda stage, done, total, note="": None)
-    layers = parse_layers(settings.layers, models.base.config.num_hidden_layers)  # bad choices fail before any work
-    out.mkdir(parents=True, exist_ok=True)
-    # 1. which rows train, which are held out
+def split_and_collect(rows: list[PromptRow], out: Path, settings, models: DistillModels, report: Report):
+    """The first two steps of every distill kind: split rows (whole examples) into train and held-out, write the
+    held-out rows, collect the target's distributions over both.
+
+    ``settings`` has ``max_examples``, ``eval_split``, ``seed`` and ``collect``. Returns (train rows, held-out rows,
+    train example ids, held-out example ids, the collection).
+    """
     rows = interleave_classes(rows, settings.max_examples)
     train_rows, eval_rows = split_rows(rows, settings.eval_split, settings.seed)
     if not train_rows:
@@ -88,12 +88,20 @@ def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: 
     train_ids = _unique(example_id(r) for r in train_rows)
     eval_ids = [i for i in _unique(example_id(r) for r in eval_rows) if i not in set(train_ids)]
     _write_heldout(out / "heldout.jsonl", eval_rows)
-
-    # 2. the target's distributions over train and held-out examples
-    respond = _responder(models, settings.collect.max_new_tokens)
-    collect(models.target, models.encoder, train_rows + eval_rows, out / "collection", settings.collect, respond,
+    collect(models.target, models.encoder, train_rows + eval_rows, out / "collection", settings.collect,
+            _responder(models, settings.collect.max_new_tokens),
             lambda done, total: report("collecting (target prefill)", done, total, ""))  # fmt: skip
-    collection = Collection(out / "collection")
+    return train_rows, eval_rows, train_ids, eval_ids, Collection(out / "collection")
+
+
+def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: DistillSettings,
+                models: DistillModels, report: Report | None = None) -> dict:  # fmt: skip
+    """Train and evaluate a custom draft from ``rows``; returns the evaluation summary (also in OUT/eval.json)."""
+    report = report or (lambda stage, done, total, note="": None)
+    layers = parse_layers(settings.layers, models.base.config.num_hidden_layers)  # bad choices fail before any work
+    out.mkdir(parents=True, exist_ok=True)
+    # 1-2. which rows train, which are held out; the target's distributions over both
+    train_rows, eval_rows, train_ids, eval_ids, collection = split_and_collect(rows, out, settings, models, report)
 
     # 3. vocabulary, then the derived draft, trained
     vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
