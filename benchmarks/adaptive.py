@@ -75,9 +75,9 @@ class Timed:
         return session
 
 
-def hindsight(traces, cost):
+def hindsight(traces, cost, max_new_tokens=None):
     """Best single fixed configuration overall, and per class, by exact replay."""
-    runs = {p.name: simulate(traces, p, cost) for p in FIXED}
+    runs = {p.name: simulate(traces, p, cost, max_new_tokens) for p in FIXED}
     best = max(runs, key=lambda n: runs[n].throughput())
     classes = sorted({t.request_class for t in traces})
     per_class = {c: max(runs, key=lambda n: runs[n].throughput(c)) for c in classes}
@@ -98,6 +98,9 @@ def main() -> None:
                         help="at most this many held-out prompts of each category (shorter, still balanced runs)")
     parser.add_argument("--skip-hf", action="store_true", help="leave out HF assisted generation (the slowest run)")
     parser.add_argument("--off-prompts", type=int, default=6, help="prompts for the off-path measurement")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="measure the cost model here, right before the runs (and again after, to report drift), "
+                             "instead of using the policy file's; the replay and the controller then use it")
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptive")
     args = parser.parse_args()
 
@@ -110,12 +113,15 @@ def main() -> None:
         held_out = [t for t in held_out if _count(seen, t.request_class) <= args.per_category]
     random.Random(args.seed).shuffle(held_out)
     held_out = held_out[: args.limit] if args.limit else held_out
-    best_fixed, per_class, sim_fixed = hindsight(held_out, policy_file.cost)
-    print(f"best single fixed in hindsight: {best_fixed.name}; per class: "
-          f"{ {c: p.name for c, p in per_class.items()} }", flush=True)  # fmt: skip
-
     pair = load_pair(dtype="bfloat16")
     tok = pair.tokenizer
+    drift = {}
+    if args.calibrate:
+        policy_file = policy_file.model_copy(update={"cost": fresh_cost(pair)})
+        drift["before"] = cost_summary(policy_file.cost)
+    best_fixed, per_class, sim_fixed = hindsight(held_out, policy_file.cost, args.max_new_tokens)
+    print(f"best single fixed in hindsight: {best_fixed.name}; per class: "
+          f"{ {c: p.name for c, p in per_class.items()} }", flush=True)  # fmt: skip
     adaptive_policy = Timed(policy_from_file(policy_file))  # empty in-memory store: a cold start
     adaptive = AdaptiveGenerator(pair.target, pair.draft, tok, policy=adaptive_policy)
     fixed_gen = AdaptiveGenerator(pair.target, pair.draft, tok, policy=best_fixed)
@@ -144,7 +150,7 @@ def main() -> None:
     }
     if args.skip_hf:
         del configs["hf assisted default"]
-    predicted = predicted_seconds(held_out, policy_file, best_fixed, per_class)
+    predicted = predicted_seconds(held_out, policy_file, best_fixed, per_class, args.max_new_tokens)
     warm = chat_ids(tok, "Say hi.")
     for name, run in configs.items():
         if name != "adaptive (cold)":  # the adaptive store must start empty
@@ -165,6 +171,10 @@ def main() -> None:
 
     off = off_path(pair, policy_file, tok, held_out[: args.off_prompts], args.max_new_tokens)
     summary = summarize(rows, names, adaptive_policy.samples, off, sim_fixed)
+    if args.calibrate:
+        drift["after"] = cost_summary(fresh_cost(pair))
+        summary["cost_drift"] = drift
+        summary["cost_model"] = json.loads(policy_file.cost.model_dump_json())
     meta = {"prompts": len(held_out), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
             "policy": str(args.policy), "traces": str(args.traces), "best_fixed": best_fixed.name,
             "per_category_oracle": {c: p.name for c, p in per_class.items()},
@@ -176,12 +186,31 @@ def main() -> None:
     print(markdown(summary, meta))
 
 
+def fresh_cost(pair):
+    """The cost model measured now, in this process, as `adaptive-spec calibrate` does."""
+    from adaptive_spec.engine import SpeculativeEngine
+    from adaptive_spec.policy.calibrate import calibrate, measure_round_overhead
+    from adaptive_spec.runtime import standard_drafters
+
+    engine = SpeculativeEngine(pair.target, standard_drafters(pair.target, pair.draft))
+    overhead = measure_round_overhead(engine)
+    cost = calibrate(pair.target, pair.draft, pair.pair_id, "bfloat16", reps=5, round_overhead_s=overhead)
+    print("calibrated: " + ", ".join(f"{k} {v:.1f}" for k, v in cost_summary(cost).items()), flush=True)
+    return cost
+
+
+def cost_summary(cost) -> dict[str, float]:
+    """A few milliseconds that show how fast the machine was at a moment (context 128)."""
+    return {"target_1_ms": cost.target(1, 128) * 1e3, "target_4_ms": cost.target(4, 128) * 1e3,
+            "draft_1_ms": cost.draft(1, 128) * 1e3, "prefill_512_ms": cost.prefill_s(512) * 1e3}  # fmt: skip
+
+
 def _count(seen: dict, key: str) -> int:
     seen[key] += 1
     return seen[key]
 
 
-def predicted_seconds(traces, policy_file, best_fixed, per_class) -> dict[str, dict[int, float]]:
+def predicted_seconds(traces, policy_file, best_fixed, per_class, max_new_tokens=None) -> dict[str, dict[int, float]]:
     """Per configuration and prompt, the time exact replay predicts (the simulator's validation).
 
     The adaptive replay runs on a fresh policy in the same order, so its store evolves as in the real run; it uses
@@ -191,9 +220,9 @@ def predicted_seconds(traces, policy_file, best_fixed, per_class) -> dict[str, d
     policies = {"target-only": [FixedPolicy()] * len(traces),
                 f"best fixed ({best_fixed.name})": [best_fixed] * len(traces),
                 "per-category oracle": [per_class[t.request_class] for t in traces]}  # fmt: skip
-    out = {name: {p: replay(t, pol[p], cost).seconds for p, t in enumerate(traces)} for name, pol in policies.items()}
+    out = {name: {p: replay(t, pol[p], cost, max_new_tokens).seconds for p, t in enumerate(traces)} for name, pol in policies.items()}
     adaptive = policy_from_file(policy_file)
-    out["adaptive (cold)"] = {p: replay(t, adaptive, cost).seconds for p, t in enumerate(traces)}
+    out["adaptive (cold)"] = {p: replay(t, adaptive, cost, max_new_tokens).seconds for p, t in enumerate(traces)}
     return out
 
 
@@ -305,6 +334,13 @@ def markdown(summary, meta) -> str:
     for name, v in summary["replay_validation"].items():
         lines.append(f"| {name} | {v['prompts']} | {v['within_10pct']} | {v['median_abs_error'] * 100:.1f}% | "
                      f"{v['total_error'] * 100:+.1f}% |")  # fmt: skip
+    if "cost_drift" in summary:
+        before, after = summary["cost_drift"]["before"], summary["cost_drift"]["after"]
+        lines += ["", "Cost model measured in this process before the runs (used by the replay and the controller) and "
+                  "again after them, to show how much the machine's speed drifted during the run:", "",
+                  "| | " + " | ".join(before) + " |", "|---|" + "---|" * len(before),
+                  "| before | " + " | ".join(f"{v:.1f}" for v in before.values()) + " |",
+                  "| after | " + " | ".join(f"{after[k]:.1f}" for k in before) + " |"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
