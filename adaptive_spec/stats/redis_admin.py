@@ -8,13 +8,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import structlog
 
+from ..logs import get_logger
 from .counters import Counters, CounterSpec, InvalidCounters
 from .keys import StatsKey, parse_redis_key, redis_key, scan_pattern
 from .settings import RedisSettings, redacted
 
-log = structlog.get_logger("adaptive_spec.stats.redis")
+log = get_logger("adaptive_spec.stats.redis")
 
 MAX_FETCH_KEYS = 512  # keys per read pipeline
 

@@ -58,8 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
+from ..logs import get_logger
 from ..records import RoundRecord
 from .counters import T_REQUESTS, T_ROUNDS, Counters, CounterSpec, InvalidCounters, stored_half_lives
 from .keys import SCHEMA_VERSION, StatsKey, check_key, redis_key, writer_key
@@ -67,7 +66,7 @@ from .redis_admin import MAX_FETCH_KEYS, delete_keys, import_redis, make_client,
 from .redis_lua import FLUSH_LUA
 from .settings import RedisSettings, redacted
 
-log = structlog.get_logger("adaptive_spec.stats.redis")
+log = get_logger("adaptive_spec.stats.redis")
 
 _HOT_WINDOW_S = 60.0  # keys read within this window are kept fresh
 _MAX_FLUSHES_PER_TICK = 16
