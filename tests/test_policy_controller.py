@@ -9,7 +9,7 @@ import torch
 
 from adaptive_spec.engine import NO_DRAFTER, RoundState
 from adaptive_spec.policy.base import RequestInfo
-from adaptive_spec.policy.controller import AdaptivePolicy, ClassSettings, ControllerConfig
+from adaptive_spec.policy.controller import AdaptivePolicy, ClassSettings, ControllerConfig, DraftSettings
 from adaptive_spec.policy.cost import CostModel, CostTable
 from adaptive_spec.records import RoundRecord
 from adaptive_spec.stats import AlphaEstimator
@@ -143,3 +143,23 @@ def test_decision_cost(benchmark=None):
     session = p.start(RequestInfo(request_class="code"))
     for i in range(100):
         session.decide(state(100 + i, 10 + i))
+
+
+def test_a_profiled_class_prior_starts_the_draft_on_cold():
+    """Cold store: the generic prior keeps a costly draft off; the class's profiled prior turns it on at once."""
+    pricey = cost_model().model_copy(update={"drafts": {"model": CostTable(tokens=[1, 128], contexts=[100], seconds=[[0.075, 0.1]])}})
+    generic = AdaptivePolicy(pricey, AlphaEstimator(pair_id="test")).start(RequestInfo(request_class="math"))
+    assert generic.decide(state()).k == 0
+    profiled = ClassSettings(model=DraftSettings(threshold=0.7, max_k=8, prior_accepted=5.5, prior_proposed=6.0))
+    config = ControllerConfig(classes={"math": profiled})
+    session = AdaptivePolicy(pricey, AlphaEstimator(pair_id="test"), config).start(RequestInfo(request_class="math"))
+    decision = session.decide(state())
+    assert (decision.drafter, decision.k, decision.threshold) == ("model", 8, 0.7)
+    assert session.model_prior("model") == (5.5, 6.0)
+
+
+@pytest.mark.parametrize("fields, message", [({"prior_accepted": 2.0}, "together"),
+                                             ({"prior_accepted": 3.0, "prior_proposed": 2.0}, "prior_accepted 3.0 >")])
+def test_bad_profiled_priors_are_rejected(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DraftSettings(**fields)

@@ -23,17 +23,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..engine import NO_DRAFTER, Decision, RoundState
 from ..engine.lookup import LookupIndex
+from ..logs import get_logger
 from ..records import RoundRecord
 from ..stats import AlphaEstimator, Estimate
 from .base import RequestInfo, RequestReport
 from .cost import CostModel
 
-log = structlog.get_logger("adaptive_spec.policy")
+log = get_logger("adaptive_spec.policy")
 
 MODEL = "model"
 LOOKUP = "lookup"
@@ -53,6 +53,18 @@ class DraftSettings(BaseModel):
     threshold: float = Field(0.6, ge=0.0, le=1.0, description="drafting stops after a token below this")
     max_k: int = Field(16, ge=1, le=64, description="at most this many tokens per round")
     enabled: bool = True
+    # Cold start for this class, measured on its profiled traffic (train-policy): a class whose draft is accepted
+    # well starts with the draft on instead of waiting for probes to overturn a generic prior.
+    prior_accepted: float | None = Field(None, ge=0, description="accepted tokens per round; None: controller's prior")
+    prior_proposed: float | None = Field(None, ge=1, description="proposed tokens per round; None: controller's prior")
+
+    @model_validator(mode="after")
+    def _priors_pair(self) -> DraftSettings:
+        if (self.prior_accepted is None) != (self.prior_proposed is None):
+            raise ValueError("prior_accepted and prior_proposed are given together or not at all")
+        if self.prior_accepted is not None and self.prior_accepted > self.prior_proposed:
+            raise ValueError(f"prior_accepted {self.prior_accepted} > prior_proposed {self.prior_proposed}")
+        return self
 
 
 class ClassSettings(BaseModel):
@@ -230,12 +242,18 @@ class AdaptiveSession:
     def _model_rate(self, name: str, context_len: int) -> float:
         mine = self.requests.counts(name)
         estimate = self.class_model.get(name)
-        accepted = self._blend(estimate, mine.rounds, mine.accepted_tokens, self.config.prior_model_accepted,
-                               "accepted_tokens")  # fmt: skip
-        proposed = self._blend(estimate, mine.rounds, mine.draft_tokens, self.config.prior_model_proposed,
-                               "draft_tokens")  # fmt: skip
+        prior_accepted, prior_proposed = self.model_prior(name)
+        accepted = self._blend(estimate, mine.rounds, mine.accepted_tokens, prior_accepted, "accepted_tokens")
+        proposed = self._blend(estimate, mine.rounds, mine.draft_tokens, prior_proposed, "draft_tokens")
         catchup = context_len - min(self.true_len[name], context_len - 1)
         return (accepted + 1.0) / self.costs.model_round(name, proposed, catchup, self.config.catchup_amortize)
+
+    def model_prior(self, name: str) -> tuple[float, float]:
+        """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one."""
+        d = self.settings.for_drafter(name)
+        if d.prior_accepted is not None:
+            return d.prior_accepted, d.prior_proposed
+        return self.config.prior_model_accepted, self.config.prior_model_proposed
 
     def _lookup_acceptance(self, key: str, k: int) -> list[float]:
         estimate = self.class_lookup.get(key)

@@ -122,11 +122,53 @@ def warm_throughput(traces: Sequence, cost: CostModel, config: ControllerConfig,
     return _simulate(traces, policy, cost).throughput()
 
 
+class ProfiledPriors:
+    """Per model-type drafter, its accepted and proposed tokens per round on some traces at (max_k, threshold).
+
+    Measured by replaying the drafter alone (a fixed policy) over the traces, memoised, so coordinate descent pays
+    for each (drafter, max_k, threshold) once.
+    """
+
+    def __init__(self, traces: Sequence, cost: CostModel):
+        self.traces = traces
+        self.cost = cost
+        self.drafters = [n for n in cost.drafts if traces and all(n in t.drafts for t in traces)]
+        self._memo: dict[tuple[str, int, float], tuple[float, float] | None] = {}
+
+    def measure(self, name: str, max_k: int, threshold: float) -> tuple[float, float] | None:
+        key = (name, max_k, threshold)
+        if key not in self._memo:
+            rounds = accepted = proposed = 0
+            for result in _simulate(self.traces, FixedPolicy(name, max_k, threshold), self.cost).results:
+                for r in result.records:
+                    if r.drafter == name and r.proposed:
+                        rounds, accepted, proposed = rounds + 1, accepted + r.accepted, proposed + r.proposed
+            self._memo[key] = (accepted / rounds, proposed / rounds) if rounds else None
+        return self._memo[key]
+
+    def apply(self, settings: ClassSettings) -> ClassSettings:
+        """``settings`` with each measured drafter's prior set for its current max_k and threshold."""
+        for name in self.drafters:
+            d = settings.for_drafter(name)
+            measured = self.measure(name, d.max_k, d.threshold)
+            prior = {"prior_accepted": None, "prior_proposed": None}
+            if measured is not None:
+                prior = {"prior_accepted": round(measured[0], 3), "prior_proposed": round(max(measured[1], 1.0), 3)}
+            path = "model" if name == "model" else f"drafters.{name}"
+            for field_name, value in prior.items():
+                settings = with_setting(settings, f"{path}.{field_name}", value)
+        return settings
+
+
 def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls: str,
                grid: dict[str, list] | None = None, passes: int = 2) -> tuple[ClassSettings, float]:  # fmt: skip
-    """Coordinate descent on one class's settings; returns the best settings and their warm throughput."""
+    """Coordinate descent on one class's settings; returns the best settings and their warm throughput.
+
+    Every candidate carries the cold-start priors profiled on these traces for its own max_k and threshold.
+    """
     grid = grid or grid_for(cost)
-    current = config.for_class(cls)
+    priors = ProfiledPriors(traces, cost)
+    current = priors.apply(config.for_class(cls))
 
     def score(settings: ClassSettings) -> float:
         trial = config.model_copy(update={"classes": {**config.classes, cls: settings}})
@@ -139,7 +181,7 @@ def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls:
             for value in values:
                 if get_setting(current, path) == value:
                     continue
-                candidate = with_setting(current, path, value)
+                candidate = priors.apply(with_setting(current, path, value))
                 usable = [candidate.for_drafter(n).enabled for n in cost.drafts] + [candidate.use_lookup]
                 if not any(usable):
                     continue

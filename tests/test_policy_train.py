@@ -1,0 +1,45 @@
+"""train-policy's building blocks on the committed small real-pair traces (no models needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adaptive_spec.policy.base import FixedPolicy
+from adaptive_spec.policy.controller import ClassSettings, DraftSettings
+from adaptive_spec.policy.file import load_policy_file
+from adaptive_spec.policy.train import ProfiledPriors, tune_class
+from adaptive_spec.traces.format import read_traces
+from adaptive_spec.traces.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def math_traces():
+    policy = load_policy_file(ROOT / "policies" / "qwen2.5-coder-cpu.json")
+    traces = read_traces(ROOT / "notebooks" / "data" / "traces_small.jsonl", pair_id=policy.pair_id)
+    return [t for t in traces if t.request_class == "math"], policy.cost
+
+
+def test_profiled_priors_are_the_drafters_own_rounds_on_the_traces(math_traces):
+    traces, cost = math_traces
+    priors = ProfiledPriors(traces, cost)
+    settings = priors.apply(ClassSettings(model=DraftSettings(threshold=0.7, max_k=8)))
+    records = [r for res in simulate(traces, FixedPolicy("model", 8, 0.7), cost).results for r in res.records
+               if r.drafter == "model" and r.proposed]  # fmt: skip
+    assert settings.model.prior_accepted == pytest.approx(sum(r.accepted for r in records) / len(records), abs=1e-3)
+    assert settings.model.prior_proposed == pytest.approx(sum(r.proposed for r in records) / len(records), abs=1e-3)
+    assert settings.model.threshold == 0.7 and settings.model.max_k == 8  # only the priors change
+    assert priors.apply(settings) == settings  # memoised and idempotent
+
+
+def test_tuned_class_settings_carry_priors_for_their_own_threshold(math_traces):
+    traces, cost = math_traces
+    from adaptive_spec.policy.controller import ControllerConfig
+
+    settings, throughput = tune_class(traces, cost, ControllerConfig(), "math", passes=1)
+    measured = ProfiledPriors(traces, cost).measure("model", settings.model.max_k, settings.model.threshold)
+    assert throughput > 0 and measured is not None
+    assert (settings.model.prior_accepted, settings.model.prior_proposed) == pytest.approx(measured, abs=1e-3)
