@@ -202,16 +202,10 @@ def _cost_model(policy_path: Optional[Path], pair_id: str, loaded=None, reps: in
 
 
 def _calibrate(loaded, reps: int):
-    from .engine import SpeculativeEngine
-    from .policy.calibrate import calibrate as measure
-    from .policy.calibrate import measure_round_overhead
-    from .runtime import standard_drafters
+    from .policy.calibrate import calibrate_pair
 
-    engine = SpeculativeEngine(loaded.target, standard_drafters(loaded.target, loaded.draft))
     with progress_bar() as bar:
-        overhead = measure_round_overhead(engine)
-        return measure(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=staged(bar),
-                       round_overhead_s=overhead)  # fmt: skip
+        return calibrate_pair(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=staged(bar))
 
 
 @app.command()

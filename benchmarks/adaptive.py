@@ -188,13 +188,9 @@ def main() -> None:
 
 def fresh_cost(pair):
     """The cost model measured now, in this process, as `adaptive-spec calibrate` does."""
-    from adaptive_spec.engine import SpeculativeEngine
-    from adaptive_spec.policy.calibrate import calibrate, measure_round_overhead
-    from adaptive_spec.runtime import standard_drafters
+    from adaptive_spec.policy.calibrate import calibrate_pair
 
-    engine = SpeculativeEngine(pair.target, standard_drafters(pair.target, pair.draft))
-    overhead = measure_round_overhead(engine)
-    cost = calibrate(pair.target, pair.draft, pair.pair_id, "bfloat16", reps=5, round_overhead_s=overhead)
+    cost = calibrate_pair(pair.target, pair.draft, pair.pair_id, "bfloat16", reps=5)
     print("calibrated: " + ", ".join(f"{k} {v:.1f}" for k, v in cost_summary(cost).items()), flush=True)
     return cost
 

@@ -63,3 +63,11 @@ def test_calibrate_a_tiny_pair(pair):
     overhead = measure_round_overhead(SpeculativeEngine(target, standard_drafters(target, draft)), tokens=8, reps=1)
     assert 0 <= overhead < 1.0
     assert torch.get_num_threads() >= 1
+
+
+def test_calibrate_pair_measures_the_engine_round_overhead_too(pair):
+    from adaptive_spec.policy.calibrate import calibrate_pair
+
+    target, draft = pair
+    cost = calibrate_pair(target, draft, "tiny", "float32", reps=1)
+    assert cost.drafts and 0 <= cost.round_overhead_s < 1.0 and cost.round_overhead_s != 1e-3  # measured, not default

@@ -15,7 +15,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-
 from ..logs import get_logger
 from .pairs import ModelPair, WheelSeries
 

@@ -160,3 +160,13 @@ def measure_round_overhead(engine, tokens: int = 24, reps: int = 2) -> float:
         outside = out.total_s - out.prefill_s - sum(r.draft_s + r.verify_s for r in out.records)
         samples.append(outside / max(len(out.records), 1))
     return max(statistics.median(samples), 0.0)
+
+
+def calibrate_pair(target: PreTrainedModel, draft: PreTrainedModel | None, pair_id: str, dtype: str, reps: int = 3,
+                   progress: Progress | None = None) -> CostModel:  # fmt: skip
+    """What ``adaptive-spec calibrate`` measures: the forward tables plus this engine's own per-round overhead."""
+    from ..engine import SpeculativeEngine
+    from ..runtime import standard_drafters
+
+    overhead = measure_round_overhead(SpeculativeEngine(target, standard_drafters(target, draft)))
+    return calibrate(target, draft, pair_id, dtype, reps, progress=progress, round_overhead_s=overhead)

@@ -153,7 +153,7 @@ class ProfiledPriors:
             measured = self.measure(name, d.max_k, d.threshold)
             prior = {"prior_accepted": None, "prior_proposed": None}
             if measured is not None:
-                prior = {"prior_accepted": round(measured[0], 3), "prior_proposed": round(max(measured[1], 1.0), 3)}
+                prior = {"prior_accepted": round(measured[0], 3), "prior_proposed": round(measured[1], 3)}
             path = "model" if name == "model" else f"drafters.{name}"
             for field_name, value in prior.items():
                 settings = with_setting(settings, f"{path}.{field_name}", value)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
 from ..logs import get_logger
 from .counters import Counters, CounterSpec, InvalidCounters
 from .keys import StatsKey, parse_redis_key, redis_key, scan_pattern
