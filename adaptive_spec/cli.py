@@ -201,17 +201,19 @@ def _cost_model(policy_path: Optional[Path], pair_id: str, loaded=None, reps: in
     return _calibrate(loaded, reps)
 
 
-def _calibrate(loaded, reps: int):
+def _calibrate(loaded, reps: int, heads: dict | None = None):
     from .policy.calibrate import calibrate_pair
 
     with progress_bar() as bar:
-        return calibrate_pair(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=staged(bar))
+        return calibrate_pair(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=staged(bar),
+                              heads=heads)  # fmt: skip
 
 
 @app.command()
 def calibrate(
     out: Annotated[Optional[Path], typer.Option(help="policy file to write (default: policies/<pair>-<device>.json)")] = None,
     reps: Annotated[int, typer.Option(min=1, help="repetitions per measured point")] = 3,
+    head: Annotated[Optional[Path], typer.Option(help="also price this draft head (from `distill --kind head`), as drafter 'head'")] = None,
     target: TargetOpt = None,
     draft: DraftOpt = None,
     pair: PairOpt = "qwen2.5-coder",
@@ -225,8 +227,10 @@ def calibrate(
     from .traces.format import atomic_write_text
 
     with user_errors():
+        if head is not None and not (head / "head_config.json").is_file():
+            raise UserError(f"--head {head}: no draft head there (head_config.json not found)")
         loaded = _models(pair, target, draft, dtype, threads)
-        cost = _calibrate(loaded, reps)
+        cost = _calibrate(loaded, reps, {"head": head} if head else None)
         device = "cuda" if cost.hardware.startswith("cuda") else "cpu"
         path = out or default_policy_path(loaded.pair_id, device)
         if path.is_file():
@@ -241,6 +245,9 @@ def calibrate(
     for n in (1, 2, 4, 8, 16):
         table.add_row(str(n), f"{cost.target(n, 128) * 1e3:.1f}", f"{cost.draft(n, 128) * 1e3:.1f}" if cost.draft else "-")
     Console().print(table)
+    if head:
+        typer.echo(f"c of the draft head = {cost.draft_cost_ratio_of('head'):.3f}; break-even alpha, head k=4: "
+                   f"{cost.break_even_alpha('head', 4):.3f}")  # fmt: skip
     typer.echo(f"c (draft step / target step) = {cost.draft_cost_ratio:.3f}; lookup {cost.lookup_s * 1e3:.2f} ms; "
                f"round overhead {cost.round_overhead_s * 1e3:.2f} ms")  # fmt: skip
     for k in (1, 2, 4, 8):

@@ -65,12 +65,20 @@ class AdaptiveGenerator:
         *,
         pair_id: str | None = None,
         extra_drafters: tuple = (),
+        head: str | Path | None = None,
     ):
+        """``head``: a draft head directory (``adaptive-spec distill --kind head``), drafter "head"; the policy's
+        cost model must price it (``adaptive-spec calibrate --head DIR``)."""
         if draft is not None:
             _check_vocab(target, draft)
         self.target = target
         self.tokenizer = tokenizer
         self.engine = SpeculativeEngine(target, list(standard_drafters(target, draft)) + list(extra_drafters))
+        self._asked_for = {"head"} if head is not None else set()  # drafters that must not be silently unused
+        if head is not None:
+            from .distill.head import attach_saved_head
+
+            attach_saved_head(self.engine, head, "head")
         self.policy = self._make_policy(policy, store, pair_id, draft)
 
     def _make_policy(self, policy, store, pair_id, draft) -> Policy:
@@ -86,6 +94,10 @@ class AdaptiveGenerator:
                     "`adaptive-spec train-policy` or `adaptive-spec calibrate`), or pair_id= of a known pair"
                 )
             policy = load_policy_file(path, pair_id)
+        unpriced = [d for d in self.model_drafters() if d not in policy.cost.drafts and d in self._asked_for]
+        if unpriced:
+            raise ValueError(f"the policy's cost model has no measurements for drafter(s) {unpriced}: price them with "
+                             "`adaptive-spec calibrate --head DIR` (or calibrate_pair(..., heads=...))")  # fmt: skip
         return policy_from_file(policy, store, model_drafters=self.model_drafters())
 
     def model_drafters(self) -> list[str]:

@@ -26,6 +26,7 @@ SMALL_TRACES = ROOT / "notebooks" / "data" / "traces_small.jsonl"
         (["generate", "hi", "--mode", "fast"], "mode"),
         (["models", "fetch", "--pair", "nope"], "unknown model pair"),
         (["train-policy", "missing.jsonl", "--out", "x.json"], "not found"),
+        (["calibrate", "--head", "no-such-head-dir"], "no draft head"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

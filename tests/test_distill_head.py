@@ -100,3 +100,33 @@ def test_distill_kind_head_end_to_end(tmp_path):
     assert (tmp_path / "out" / "head.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()
     assert evaluation["cost_per_token_ms"]["head"] > 0
     assert evaluation["end_to_end"]["outputs_equal_target_share"] == 1.0  # float32: lossless
+
+
+def test_a_saved_head_is_priced_and_chosen_by_the_controller(setup, tmp_path):
+    """calibrate_pair(heads=...) measures the head's own table; AdaptiveGenerator(head=DIR) drafts with it."""
+    from adaptive_spec.generator import AdaptiveGenerator
+    from adaptive_spec.policy.calibrate import calibrate_pair
+    from adaptive_spec.policy.file import PolicyFile
+    from tests.test_generator import reference as hf_reference
+
+    target, collection, train_ids, _, vmap = setup
+    (tmp_path / "ckpt").mkdir()
+    settings = HeadSettings(intermediate_size=64, steps=20, batch_tokens=256)
+    head = build_head(target, vmap, settings)
+    train_head(head, target, collection, train_ids, vmap, settings, tmp_path / "ckpt")
+    save_head(head, target, tmp_path / "head", {"steps": 20})
+    cost = calibrate_pair(target, None, "tiny", "float32", reps=1, heads={"head": tmp_path / "head"})
+    assert set(cost.drafts) == {"head"}
+    table = cost.drafts["head"]
+    assert table.contexts == [128, 1024] and all(s > 0 for row in table.seconds for s in row)
+    assert cost.draft_cost_ratio_of("head") > 0
+
+    policy = PolicyFile(name="tiny-head", pair_id="tiny", cost=cost)
+    with pytest.raises(ValueError, match="calibrate --head|no measurements"):
+        AdaptiveGenerator(target, policy=PolicyFile(name="no-head", pair_id="tiny", cost=cost.model_copy(
+            update={"drafts": {}})), head=tmp_path / "head")  # fmt: skip
+    generator = AdaptiveGenerator(target, policy=policy, head=tmp_path / "head")
+    for prompt in PROMPTS:
+        out = generator.generate(torch.tensor([prompt]), max_new_tokens=24, eos_token_id=-1, speculation="on")
+        assert out.sequences[0].tolist() == hf_reference(target, prompt, 24)
+        assert any(r.drafter == "head" for r in out.result.records)

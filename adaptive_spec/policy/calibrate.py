@@ -162,11 +162,59 @@ def measure_round_overhead(engine, tokens: int = 24, reps: int = 2) -> float:
     return max(statistics.median(samples), 0.0)
 
 
+def measure_drafter_table(engine, name: str, tokens: Sequence[int] = DRAFT_TOKENS, contexts: Sequence[int] = CONTEXTS,
+                          reps: int = 3) -> CostTable:  # fmt: skip
+    """A drafter's table measured through its own ``propose``: catch up on n context tokens, then draft one.
+
+    For drafters that are not a plain causal LM, e.g. a draft head, which reads the target's features of the
+    context (so the target runs over the context first, as the engine's own forwards would have). Rows have the
+    meaning ``CostModel.draft_s`` expects: (catch-up n, context) -> seconds for that first draft step.
+    """
+    from ..engine.drafters import DraftRequest
+
+    drafter, target = engine.drafters[name], engine.target
+    vocab = min(target.vocab_size, 30_000)
+    rows = []
+    for context in contexts:
+        ids = torch.randint(100, vocab, (context + 1,), device=engine.device)
+        target.reset()
+        target.forward(ids[:-1], last_only=True)
+        drafter.reset()
+        row = []
+        for n in tokens:
+            times = []
+            for _ in range(reps + 1):  # the first repetition is a warm-up
+                drafter.propose(ids[: context + 1 - n], DraftRequest(1))  # back to "all but the last n tokens seen"
+                _sync()
+                start = time.perf_counter()
+                drafter.propose(ids, DraftRequest(1))
+                _sync()
+                times.append(time.perf_counter() - start)
+            row.append(statistics.median(times[1:]))
+        rows.append(row)
+    target.reset()
+    drafter.reset()
+    return CostTable(tokens=list(tokens), contexts=list(contexts), seconds=rows)
+
+
 def calibrate_pair(target: PreTrainedModel, draft: PreTrainedModel | None, pair_id: str, dtype: str, reps: int = 3,
-                   progress: Progress | None = None) -> CostModel:  # fmt: skip
-    """What ``adaptive-spec calibrate`` measures: the forward tables plus this engine's own per-round overhead."""
+                   progress: Progress | None = None, heads: dict[str, str | os.PathLike] | None = None) -> CostModel:  # fmt: skip
+    """What ``adaptive-spec calibrate`` measures: the forward tables plus this engine's own per-round overhead.
+
+    ``heads``: draft heads to price too, {drafter name: head directory}; each gets its own table in ``drafts``.
+    """
+    from ..distill.head import attach_saved_head
     from ..engine import SpeculativeEngine
     from ..runtime import standard_drafters
 
-    overhead = measure_round_overhead(SpeculativeEngine(target, standard_drafters(target, draft)))
-    return calibrate(target, draft, pair_id, dtype, reps, progress=progress, round_overhead_s=overhead)
+    engine = SpeculativeEngine(target, standard_drafters(target, draft))
+    for name, directory in (heads or {}).items():
+        attach_saved_head(engine, directory, name)
+    overhead = measure_round_overhead(engine)
+    cost = calibrate(target, draft, pair_id, dtype, reps, progress=progress, round_overhead_s=overhead)
+    if not heads:
+        return cost
+    tables = {name: measure_drafter_table(engine, name, reps=reps) for name in heads}
+    if progress:
+        progress("draft heads", len(heads), len(heads))
+    return cost.model_copy(update={"drafts": {**cost.drafts, **tables}})

@@ -1,0 +1,233 @@
+"""A draft head trained on the user's traffic vs the generic 0.5B draft, and the controller with and without it.
+
+Runs on the held-out rows that ``adaptive-spec distill --kind head`` set aside (``DIR/heldout.jsonl``), greedy,
+bf16, in one process, configurations interleaved per prompt with the order rotated:
+
+1. Cost, from a calibration made here and now (``calibrate_pair(..., heads=...)``): milliseconds per drafted
+   token of the head and of the generic draft against one target forward (bar: head <= 1/8 of a target forward).
+2. End to end per class: target-only, generic draft at k in ``--generic-k``, head at k in ``--head-k``; each
+   drafter's best k. Bars: head best speedup >= 1.5 x generic best; >= 2.5 x target-only on code.
+3. The adaptive controller on a mixed workload (the held-out rows plus ``--mixed-per-category`` Spec-Bench
+   prompts of other categories): the default policy with the cost model calibrated in step 1, a cold in-memory
+   store per configuration, with and without the head. Bar: tokens/s with the head > without.
+
+Writes ``benchmarks/results/head.{json,md}``.
+
+    python benchmarks/head.py --head-dir runs/head --per-class 3 --max-new-tokens 96        # ~30 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill import heldout_prompts  # noqa: E402  (benchmarks/distill.py)
+
+from adaptive_spec.distill.evaluate import end_to_end, runs_to_json, summarize  # noqa: E402
+from adaptive_spec.distill.head import attach_saved_head  # noqa: E402
+from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # noqa: E402
+from adaptive_spec.generator import AdaptiveGenerator  # noqa: E402
+from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
+from adaptive_spec.policy.calibrate import calibrate_pair  # noqa: E402
+from adaptive_spec.policy.file import default_policy_path, load_policy_file  # noqa: E402
+from adaptive_spec.prompts import chat_ids  # noqa: E402
+from adaptive_spec.runtime import eos_ids  # noqa: E402
+from adaptive_spec.stats import MemoryStatsStore  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+SPEC_BENCH = ROOT.parent / "shared" / "data" / "spec_bench_questions.jsonl"
+COST_BAR, GENERIC_BAR, CODE_BAR = 1 / 8, 1.5, 2.5
+CONTEXT = 256  # where the per-token costs are read from the calibrated tables
+
+
+def mixed_prompts(heldout: list[dict], per_category: int, skip: set[str]) -> list[dict]:
+    """Held-out rows plus Spec-Bench prompts of categories the head was not trained on, alternating."""
+    others = defaultdict(list)
+    for line in SPEC_BENCH.read_text().splitlines():
+        q = json.loads(line)
+        if q["category"] not in skip and len(others[q["category"]]) < per_category:
+            others[q["category"]].append({"class": q["category"], "prompt": q["turns"][0]})
+    extra = [row for group in others.values() for row in group]
+    out = []
+    for i in range(max(len(heldout), len(extra))):
+        out += ([heldout[i]] if i < len(heldout) else []) + ([extra[i]] if i < len(extra) else [])
+    return out
+
+
+def costs(cost, context: int = CONTEXT) -> dict:
+    target = cost.plain_step_s(context)
+    out = {"context": context, "target_forward_ms": target * 1e3}
+    for name in cost.drafts:
+        step = cost.draft_s(1, context, 1, name)
+        out[f"{name}_ms_per_token"] = step * 1e3
+        out[f"{name}_vs_target"] = step / target
+    return out
+
+
+def controller_runs(generators: dict[str, AdaptiveGenerator], prompts: list[tuple[str, torch.Tensor, str]],
+                    max_new_tokens: int, progress) -> list[dict]:  # fmt: skip
+    runs = []
+    names = list(generators)
+    for p, (cls, ids, text) in enumerate(prompts):
+        for name in names[p % 2 :] + names[: p % 2]:
+            start = time.perf_counter()
+            out = generators[name].generate(ids[None], max_new_tokens=max_new_tokens, prompt_text=text)
+            seconds = time.perf_counter() - start
+            rounds = out.result.records
+            used = defaultdict(int)
+            for r in rounds:
+                used[r.drafter] += 1
+            runs.append({"prompt": p, "class": cls, "config": name, "tokens": out.result.num_new_tokens,
+                         "seconds": seconds, "predicted_class": out.report.request_class, "rounds": dict(used)})  # fmt: skip
+            progress(len(runs), len(prompts) * len(names))
+    return runs
+
+
+def controller_summary(runs: list[dict]) -> dict:
+    by = defaultdict(lambda: defaultdict(lambda: [0, 0.0]))
+    for r in runs:
+        for cls in (r["class"], "all"):
+            by[cls][r["config"]][0] += r["tokens"]
+            by[cls][r["config"]][1] += r["seconds"]
+    out = {}
+    for cls, configs in sorted(by.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        rates = {name: t / s for name, (t, s) in configs.items()}
+        out[cls] = {"tokens_per_s": rates, "ratio": rates["with head"] / rates["without head"]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head-dir", type=Path, required=True, help="output directory of `distill --kind head`")
+    parser.add_argument("--per-class", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--generic-k", default="2,3,4,6")
+    parser.add_argument("--head-k", default="2,3,4,6,8")
+    parser.add_argument("--mixed-per-category", type=int, default=1)
+    parser.add_argument("--skip-controller", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3, help="calibration repetitions per point")
+    parser.add_argument("--out", type=Path, default=RESULTS / "head")
+    args = parser.parse_args()
+
+    configure_threads(args.threads)
+    started = time.perf_counter()
+    pair = load_pair(dtype="bfloat16")
+    target, tok = pair.target, pair.tokenizer
+
+    def progress(done: int, total: int) -> None:
+        print(f"[{done}/{total}] {time.perf_counter() - started:.0f} s", flush=True)
+
+    # 1. cost, measured here and now; the same cost model prices the controller's choices in step 3
+    cost = calibrate_pair(target, pair.draft, pair.pair_id, "bfloat16", args.reps, heads={"head": args.head_dir})
+    cost_figures = costs(cost)
+    print(json.dumps(cost_figures, indent=1), flush=True)
+
+    # 2. fixed configurations, end to end
+    engine = SpeculativeEngine(target, [ModelDrafter(pair.draft, "model", vocab_size=target.config.vocab_size)])
+    attach_saved_head(engine, args.head_dir, "head")
+    heldout = heldout_prompts(args.head_dir, args.per_class, None)
+    prompts = [(r["class"], chat_ids(tok, r["prompt"])[0]) for r in heldout]
+    configs = ([("model", 0)] + [("model", int(k)) for k in args.generic_k.split(",")]
+               + [("head", int(k)) for k in args.head_k.split(",")])  # fmt: skip
+    runs = end_to_end(engine, prompts, configs, StopRule(args.max_new_tokens, eos_ids(tok, target)), progress)
+    summary = summarize(runs, ("model", "head"))
+    for entry in summary["classes"].values():
+        best = entry["best"]
+        entry["ratio"] = best["head"]["speedup"] / best["model"]["speedup"]
+
+    # 3. the controller with and without the head
+    controller = None
+    if not args.skip_controller:
+        base = load_policy_file(default_policy_path(pair.pair_id), pair.pair_id)
+        policy = base.model_copy(update={"cost": cost})
+        generators = {
+            "without head": AdaptiveGenerator(target, pair.draft, tok, policy, MemoryStatsStore()),
+            "with head": AdaptiveGenerator(target, pair.draft, tok, policy, MemoryStatsStore(), head=args.head_dir),
+        }  # fmt: skip
+        rows = mixed_prompts(heldout, args.mixed_per_category, {r["class"] for r in heldout})
+        mixed = [(r["class"], chat_ids(tok, r["prompt"])[0], r["prompt"]) for r in rows]
+        c_runs = controller_runs(generators, mixed, args.max_new_tokens, progress)
+        controller = {"summary": controller_summary(c_runs), "runs": c_runs, "prompts": len(mixed)}
+
+    eval_path = args.head_dir / "eval.json"
+    evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+    meta = {"head_dir": str(args.head_dir), "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
+            "threads": args.threads, "dtype": "bfloat16", "prompts": len(prompts), "hardware": cost.hardware,
+            "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}  # fmt: skip
+    doc = {"meta": meta, "cost": cost_figures, "teacher_forced_alpha": evaluation.get("alpha"),
+           "training": evaluation.get("training"), "summary": summary, "runs": runs_to_json(runs),
+           "controller": controller}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    text = markdown(doc)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def markdown(doc: dict) -> str:
+    meta, cost, summary = doc["meta"], doc["cost"], doc["summary"]
+    ratio = cost["head_vs_target"]
+    lines = [
+        "# Draft head vs the generic 0.5B draft, and the controller with the head", "",
+        f"Target Qwen2.5-Coder-1.5B-Instruct, bf16, {meta['threads']} threads ({meta['hardware']}), greedy, "
+        f"{meta['max_new_tokens']} new tokens, {meta['prompts']} held-out prompts ({meta['per_class']} per class) from "
+        f"`{meta['head_dir']}/heldout.jsonl`; configurations interleaved per prompt in one process.", "",
+        f"Cost per drafted token at context {cost['context']} (calibrated in this run): head "
+        f"{cost['head_ms_per_token']:.1f} ms, generic draft {cost['model_ms_per_token']:.1f} ms, one target forward "
+        f"{cost['target_forward_ms']:.1f} ms → head / target **{ratio:.3f}** (bar ≤ {COST_BAR:.3f}: "
+        f"{_mark(ratio <= COST_BAR)}); generic / target {cost['model_vs_target']:.3f}.", "",
+        "| class | target tok/s | generic best (speedup) | head best (speedup) | head / generic (bar ≥ 1.5) | head vs target on code (bar ≥ 2.5) |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for cls, entry in summary["classes"].items():
+        b = entry["best"]
+        code = f"{b['head']['speedup']:.2f}× ({_mark(b['head']['speedup'] >= CODE_BAR)})" if cls == "code" else "-"
+        lines.append(f"| {cls} | {entry['configs']['target']['tokens_per_s']:.2f} | {b['model']['config']} "
+                     f"({b['model']['speedup']:.2f}×) | {b['head']['config']} ({b['head']['speedup']:.2f}×) | "
+                     f"{entry['ratio']:.2f} ({_mark(entry['ratio'] >= GENERIC_BAR)}) | {code} |")  # fmt: skip
+    lines += ["", "Tokens/s and engine α (accepted / proposed) per configuration:", ""]
+    classes = list(summary["classes"])
+    lines += ["| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name in summary["classes"]["all"]["configs"]:
+        cells = []
+        for cls in classes:
+            c = summary["classes"][cls]["configs"].get(name)
+            cells.append("-" if c is None else f"{c['tokens_per_s']:.2f}" + (f" (α {c['alpha']:.2f})" if c["alpha"] is not None else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if doc["teacher_forced_alpha"]:
+        lines += ["", "Teacher-forced acceptance of the head on the held-out collection (`eval.json`; α_j: j-th draft "
+                  "token right given the previous, drafted from the head's own features):", ""]  # fmt: skip
+        for cls, a in doc["teacher_forced_alpha"].items():
+            lines.append(f"- {cls}: " + ", ".join(f"{k} {v:.3f}" for k, v in a.items() if v is not None))
+    if doc["training"]:
+        lines += ["", f"Training: {json.dumps(doc['training'])}"]
+    controller = doc["controller"]
+    if controller:
+        lines += ["", f"## The adaptive controller with and without the head ({controller['prompts']} mixed prompts)", "",
+                  "Default policy, cost model calibrated in this run (with the head's table), cold in-memory store per "
+                  "configuration, the policy's classifier picks each request's class.", "",
+                  "| class | without head tok/s | with head tok/s | ratio (bar > 1 on all) |", "|---|---|---|---|"]  # fmt: skip
+        for cls, entry in controller["summary"].items():
+            t = entry["tokens_per_s"]
+            lines.append(f"| {cls} | {t['without head']:.2f} | {t['with head']:.2f} | {entry['ratio']:.3f} |")
+    lines += ["", f"bf16 outputs equal to target-only's: {summary['outputs_equal_target_share']:.0%} of speculative runs "
+              "(near-tie argmax flips between batched and single-token forwards; exactness is a float32 property)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
