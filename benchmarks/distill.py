@@ -103,6 +103,19 @@ def main() -> None:
     print(text)
 
 
+def config_table(summary: dict) -> list[str]:
+    """Markdown rows: tokens/s and engine alpha of every configuration (rows) in every class (columns)."""
+    classes = list(summary["classes"])
+    lines = ["| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name in summary["classes"]["all"]["configs"]:
+        cells = []
+        for cls in classes:
+            c = summary["classes"][cls]["configs"].get(name)
+            cells.append("-" if c is None else f"{c['tokens_per_s']:.2f}" + (f" (α {c['alpha']:.2f})" if c["alpha"] is not None else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(doc: dict) -> str:
     meta, cost, summary = doc["meta"], doc["draft_cost"], doc["summary"]
     lines = [
@@ -122,15 +135,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {cls} | {entry['configs']['target']['tokens_per_s']:.2f} | {b['model']['config']} "
                      f"({b['model']['speedup']:.2f}×) | {b['custom']['config']} ({b['custom']['speedup']:.2f}×) | "
                      f"{ratio:.2f} | {'yes' if ratio >= BAR else 'no'} |")  # fmt: skip
-    lines += ["", "Tokens/s and engine α (accepted / proposed) per configuration:", ""]
-    classes = list(summary["classes"])
-    lines += ["| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for name in summary["classes"]["all"]["configs"]:
-        cells = []
-        for cls in classes:
-            c = summary["classes"][cls]["configs"].get(name)
-            cells.append("-" if c is None else f"{c['tokens_per_s']:.2f}" + (f" (α {c['alpha']:.2f})" if c["alpha"] is not None else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Tokens/s and engine α (accepted / proposed) per configuration:", ""] + config_table(summary)
     if doc["teacher_forced_alpha"]:
         lines += ["", "Teacher-forced α on the held-out collection (from `eval.json`; greedy / sampled):", "",
                   "| class | generic | custom |", "|---|---|---|"]  # fmt: skip

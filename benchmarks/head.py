@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill import heldout_prompts  # noqa: E402  (benchmarks/distill.py)
+from distill import config_table, heldout_prompts  # noqa: E402  (benchmarks/distill.py)
 
 from adaptive_spec.distill.evaluate import end_to_end, runs_to_json, summarize  # noqa: E402
 from adaptive_spec.distill.head import attach_saved_head  # noqa: E402
@@ -199,15 +199,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {cls} | {entry['configs']['target']['tokens_per_s']:.2f} | {b['model']['config']} "
                      f"({b['model']['speedup']:.2f}×) | {b['head']['config']} ({b['head']['speedup']:.2f}×) | "
                      f"{entry['ratio']:.2f} ({_mark(entry['ratio'] >= GENERIC_BAR)}) | {code} |")  # fmt: skip
-    lines += ["", "Tokens/s and engine α (accepted / proposed) per configuration:", ""]
-    classes = list(summary["classes"])
-    lines += ["| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for name in summary["classes"]["all"]["configs"]:
-        cells = []
-        for cls in classes:
-            c = summary["classes"][cls]["configs"].get(name)
-            cells.append("-" if c is None else f"{c['tokens_per_s']:.2f}" + (f" (α {c['alpha']:.2f})" if c["alpha"] is not None else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Tokens/s and engine α (accepted / proposed) per configuration:", ""] + config_table(summary)
     if doc["teacher_forced_alpha"]:
         lines += ["", "Teacher-forced acceptance of the head on the held-out collection (`eval.json`; α_j: j-th draft "
                   "token right given the previous, drafted from the head's own features):", ""]  # fmt: skip

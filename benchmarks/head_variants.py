@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adaptive_spec.distill.collect import Collection  # noqa: E402
+from adaptive_spec.distill.pipeline import token_statistics  # noqa: E402
 from adaptive_spec.distill.vocab import choose_vocab  # noqa: E402
 from adaptive_spec.engine import SpeculativeEngine  # noqa: E402
 from adaptive_spec.engine.head import DraftHead, attach_head, head_config  # noqa: E402
@@ -42,11 +43,7 @@ def vocabulary_ceiling(directory: Path, sizes: list[int]) -> dict:
     train = [e.id for e in examples if e.line not in held_lines]
     held = [e.id for e in examples if e.line in held_lines]
     vocab = collection.manifest.target.vocab_size
-    counts = torch.zeros(vocab, dtype=torch.float64)
-    mass = torch.zeros(vocab, dtype=torch.float64)
-    for ex in collection.examples(train):
-        counts += torch.bincount(ex.tokens, minlength=vocab)[:vocab].double()
-        mass.index_add_(0, ex.topk_ids.flatten(), ex.topk_probs.flatten().double())
+    counts, mass = token_statistics(collection, train)
     top1 = torch.cat([ex.topk_ids[ex.response_rows, 0] for ex in collection.examples(held)])
     out = {"train_examples": len(train), "heldout_examples": len(held), "heldout_positions": int(top1.numel())}
     for size in sizes:

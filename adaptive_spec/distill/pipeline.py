@@ -156,6 +156,18 @@ def _responder(models: DistillModels, max_new_tokens: int) -> Respond:
     return respond
 
 
+def token_statistics(collection: Collection, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([V] occurrences of each id, [V] the target's predicted probability mass on it) over the examples ``ids``:
+    what ``choose_vocab`` ranks ids by."""
+    vocab = collection.manifest.target.vocab_size
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    mass = torch.zeros(vocab, dtype=torch.float64)
+    for example in collection.examples(ids):
+        counts += torch.bincount(example.tokens, minlength=vocab)[:vocab].double()
+        mass.index_add_(0, example.topk_ids.flatten(), example.topk_probs.flatten().double())
+    return counts, mass
+
+
 def _vocabulary(collection: Collection, train_ids: list[str], size: int, models: DistillModels,
                 directory: Path) -> VocabMap:  # fmt: skip
     """The run's vocabulary map: chosen once from the training examples, then kept with the checkpoint."""
@@ -164,11 +176,7 @@ def _vocabulary(collection: Collection, train_ids: list[str], size: int, models:
         if vmap.target_vocab_size == collection.manifest.target.vocab_size:
             return vmap
     vocab = collection.manifest.target.vocab_size
-    counts = torch.zeros(vocab, dtype=torch.float64)
-    mass = torch.zeros(vocab, dtype=torch.float64)
-    for example in collection.examples(train_ids):
-        counts += torch.bincount(example.tokens, minlength=vocab)[:vocab].double()
-        mass.index_add_(0, example.topk_ids.flatten(), example.topk_probs.flatten().double())
+    counts, mass = token_statistics(collection, train_ids)
     vmap = VocabMap(choose_vocab(counts, mass, size, [*models.eos, *models.special_ids]), vocab)
     directory.mkdir(parents=True, exist_ok=True)
     vmap.save(directory)
