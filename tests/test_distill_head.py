@@ -38,9 +38,11 @@ def setup(tmp_path_factory):
     return target, collection, ids[:30], ids[30:], vmap
 
 
-def test_head_learns_from_features(setup, tmp_path):
+@pytest.mark.parametrize("bf16_autocast", [False, True])
+def test_head_learns_from_features(setup, tmp_path, bf16_autocast):
     target, collection, train_ids, test_ids, vmap = setup
-    settings = HeadSettings(intermediate_size=64, steps=60, batch_tokens=256, lr=3e-3, warmup=5, checkpoint_every=20)
+    settings = HeadSettings(intermediate_size=64, steps=60, batch_tokens=256, lr=3e-3, warmup=5, checkpoint_every=20,
+                            bf16_autocast=bf16_autocast)  # fmt: skip
     head = build_head(target, vmap, settings)
     before = head_alpha(head, target, collection, test_ids, vmap)
     summary = train_head(head, target, collection, train_ids, vmap, settings, tmp_path)

@@ -37,7 +37,7 @@ def distill_command(
     batch_tokens: Annotated[int, typer.Option(min=64, help="--kind head: positions per training step")] = 2048,
     batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-4,
-    bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); ~25% faster on CPU")] = True,
+    bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); draft ~25%, head ~1.7x faster on CPU")] = True,
     max_tokens: Annotated[int, typer.Option(min=8, help="prompt + response tokens kept per example")] = 512,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="length cap of responses the target generates")] = 256,
     top_k: Annotated[int, typer.Option(min=1, help="entries of the target's distributions stored")] = 32,
@@ -90,7 +90,7 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
             generic_k=_ks(generic_k, "--generic-k"), head_k=_ks(custom_k, "--custom-k"),
             collect=CollectSettings(top_k=top_k, hidden_states=True, max_tokens=max_tokens, max_new_tokens=max_new_tokens),
             head=HeadSettings(intermediate_size=head_width, steps=steps, batch_tokens=batch_tokens, lr=lr,
-                              unroll=unroll, seed=seed),
+                              unroll=unroll, seed=seed, bf16_autocast=bf16_autocast),
         )  # fmt: skip
     else:
         settings = DistillSettings(

@@ -60,6 +60,7 @@ class HeadSettings(BaseModel):
     init_from_target: bool = Field(True, description="start from the target's last decoder layer when shapes fit")
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
+    bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward/backward (weights stay float32)")
 
 
 class HeadFileConfig(BaseModel):
@@ -163,7 +164,8 @@ def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection,
                 order = list(train_ids)
                 rng.shuffle(order)
             ex = collection.example(order.pop(), hidden=True)
-            result = _position_loss(head, embed, ex, vmap, settings)
+            with torch.autocast(embed.weight.device.type, dtype=torch.bfloat16, enabled=settings.bf16_autocast):
+                result = _position_loss(head, embed, ex, vmap, settings)
             if result is None:
                 continue
             loss, positions, agreed = result
