@@ -158,6 +158,18 @@ def test_a_profiled_class_prior_starts_the_draft_on_cold():
     assert session.model_prior("model") == (5.5, 6.0)
 
 
+def test_a_profiled_prior_belongs_to_its_own_drafter():
+    """The generic draft's profiled prior is not lent to a head that shares the class's knobs."""
+    two = cost_model().model_copy(update={"drafts": {**cost_model().drafts, "head": cost_model().drafts["model"]}})
+    settings = ClassSettings(model=DraftSettings(prior_accepted=5.5, prior_proposed=6.0),
+                             drafters={"custom": DraftSettings(prior_accepted=1.0, prior_proposed=3.0)})  # fmt: skip
+    config = ControllerConfig(classes={"math": settings})
+    session = AdaptivePolicy(two, AlphaEstimator(pair_id="test"), config).start(RequestInfo(request_class="math"))
+    assert session.model_prior("model") == (5.5, 6.0)
+    assert session.model_prior("head") == (config.prior_model_accepted, config.prior_model_proposed)
+    assert session.model_prior("custom") == (1.0, 3.0)
+
+
 @pytest.mark.parametrize("fields, message", [({"prior_accepted": 2.0}, "together"),
                                              ({"prior_accepted": 3.0, "prior_proposed": 2.0}, "prior_accepted 3.0 >")])
 def test_bad_profiled_priors_are_rejected(fields, message):

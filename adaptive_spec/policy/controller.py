@@ -54,7 +54,8 @@ class DraftSettings(BaseModel):
     max_k: int = Field(16, ge=1, le=64, description="at most this many tokens per round")
     enabled: bool = True
     # Cold start for this class, measured on its profiled traffic (train-policy): a class whose draft is accepted
-    # well starts with the draft on instead of waiting for probes to overturn a generic prior.
+    # well starts with the draft on instead of waiting for probes to overturn a generic prior. Only for the drafter
+    # it was measured for (the ``model`` entry's: the drafter named "model").
     prior_accepted: float | None = Field(None, ge=0, description="accepted tokens per round; None: controller's prior")
     prior_proposed: float | None = Field(None, ge=1, description="proposed tokens per round; None: controller's prior")
 
@@ -249,9 +250,12 @@ class AdaptiveSession:
         return (accepted + 1.0) / self.costs.model_round(name, proposed, catchup, self.config.catchup_amortize)
 
     def model_prior(self, name: str) -> tuple[float, float]:
-        """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one."""
-        d = self.settings.for_drafter(name)
-        if d.prior_accepted is not None:
+        """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one.
+
+        A profiled prior was measured for one drafter: the one of the ``model`` entry belongs to the generic draft
+        ("model") and is not lent to other model-type drafters (a head or custom draft with the same knobs)."""
+        d = self.settings.drafters.get(name) or (self.settings.model if name == MODEL else None)
+        if d is not None and d.prior_accepted is not None:
             return d.prior_accepted, d.prior_proposed
         return self.config.prior_model_accepted, self.config.prior_model_proposed
 
