@@ -1,0 +1,45 @@
+"""The traffic the reference pair's draft head is trained and evaluated on (`benchmarks/head.py`).
+
+Whole modules of the stdlib code workload (`code.jsonl`, shuffled with a fixed seed, taken until 560 rows), plus
+the first 24 Spec-Bench `math_reasoning` questions without responses (the target writes its own, 96 tokens, during
+collection). `adaptive-spec distill --eval-split 0.12` then holds out whole modules and 3 questions.
+
+    python benchmarks/workloads/build_head_traffic.py --out head_traffic.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SPEC_BENCH = HERE.parents[2] / "shared" / "data" / "spec_bench_questions.jsonl"
+
+
+def build(code_rows: int = 560, math_rows: int = 24, seed: int = 0) -> list[dict]:
+    rows = [json.loads(line) for line in (HERE / "code.jsonl").read_text().splitlines() if line.strip()]
+    modules = sorted({r["id"].split("/")[0] for r in rows})
+    random.Random(seed).shuffle(modules)
+    picked: list[dict] = []
+    for module in modules:
+        picked += [r for r in rows if r["id"].split("/")[0] == module]
+        if len(picked) >= code_rows:
+            break
+    questions = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
+    math = [q for q in questions if q["category"] == "math_reasoning"][:math_rows]
+    return picked + [{"id": f"sb-{q['question_id']}", "class": "math_reasoning", "prompt": q["turns"][0]} for q in math]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows = build()
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {len(rows)} rows to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
