@@ -70,3 +70,27 @@ def test_bf16_divergence_is_only_near_ties():
         top2 = logits.topk(2).values
         assert top2[0] - top2[1] < 0.5, f"divergence at {first} without a near-tie (gap {top2[0] - top2[1]:.3f})"
     print(f"bf16: {diverged}/2 prompts diverged from target-only within 48 tokens, each at a near-tie")
+
+
+def test_committed_head_drafts_losslessly_for_its_target_only(fp32):
+    """The draft head committed in heads/ loads next to the reference target (fp32 here, trained in bf16), keeps
+    greedy output identical, and is refused for another model (the 0.5B draft)."""
+    from pathlib import Path
+
+    from adaptive_spec.distill.head import HeadError, attach_saved_head, load_head
+
+    pair, _ = fp32
+    directory = Path(__file__).resolve().parents[1] / "heads" / "qwen2.5-coder-code"
+    engine = SpeculativeEngine(pair.target, [])
+    attach_saved_head(engine, directory)
+    question = real_pair.spec_bench(["coding"])[0]
+    ids = chat_ids(pair.tokenizer, question["turns"][0])
+    expected = pair.target.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
+        pad_token_id=pair.tokenizer.pad_token_id,
+    )[0].tolist()  # fmt: skip
+    out = engine.generate(ids, fixed("head", 4), stop=StopRule(NEW, eos_ids(pair.tokenizer, pair.target)))
+    assert out.sequences[0].tolist() == expected
+    assert out.accepted > 0  # it is a trained head, not noise
+    with pytest.raises(HeadError, match="another target"):
+        load_head(directory, pair.draft)
