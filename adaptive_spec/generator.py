@@ -74,14 +74,14 @@ class AdaptiveGenerator:
         self.target = target
         self.tokenizer = tokenizer
         self.engine = SpeculativeEngine(target, list(standard_drafters(target, draft)) + list(extra_drafters))
-        self._asked_for = {"head"} if head is not None else set()  # drafters that must not be silently unused
         if head is not None:
             from .distill.head import attach_saved_head
 
             attach_saved_head(self.engine, head, "head")
-        self.policy = self._make_policy(policy, store, pair_id, draft)
+        # a head the caller handed over must be priced, not silently left unused
+        self.policy = self._make_policy(policy, store, pair_id, draft, required=("head",) if head is not None else ())
 
-    def _make_policy(self, policy, store, pair_id, draft) -> Policy:
+    def _make_policy(self, policy, store, pair_id, draft, required: tuple[str, ...] = ()) -> Policy:
         if policy is not None and not isinstance(policy, (PolicyFile, str, Path)):
             return policy  # any object with start(RequestInfo) -> Session
         if isinstance(policy, (str, Path)):
@@ -94,7 +94,7 @@ class AdaptiveGenerator:
                     "`adaptive-spec train-policy` or `adaptive-spec calibrate`), or pair_id= of a known pair"
                 )
             policy = load_policy_file(path, pair_id)
-        unpriced = [d for d in self.model_drafters() if d not in policy.cost.drafts and d in self._asked_for]
+        unpriced = [d for d in required if d not in policy.cost.drafts]
         if unpriced:
             raise ValueError(f"the policy's cost model has no measurements for drafter(s) {unpriced}: price them with "
                              "`adaptive-spec calibrate --head DIR` (or calibrate_pair(..., heads=...))")  # fmt: skip

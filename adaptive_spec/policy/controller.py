@@ -143,7 +143,8 @@ class AdaptivePolicy:
         names = list(cost.drafts) if model_drafters is None else list(model_drafters)
         missing = [n for n in names if n not in cost.drafts]
         if missing:
-            raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first (`adaptive-spec calibrate`, with --head DIR for a draft head)")
+            raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first "
+                             "(`adaptive-spec calibrate`, with --head DIR for a draft head)")  # fmt: skip
         self.model_drafters = names
 
     def classify(self, request: RequestInfo) -> tuple[str, str]:
