@@ -47,12 +47,12 @@ from adaptive_spec.traces.simulate import replay, simulate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # The fixed set the issue names (model draft k = 1..8, prompt lookup), plus what HEADROOM.md found to be the strongest
-# fixed policies: a confidence-stopped draft and the hybrid (lookup when it proposes, else that draft).
-FIXED = (
-    [FixedPolicy("model", k) for k in range(1, 9)]
-    + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 10, 16)]
-    + [FixedPolicy(drafter, k, threshold) for drafter in ("model", "hybrid") for k in (4, 8, 16) for threshold in (0.5, 0.7)]
-)
+# fixed policies: a confidence-stopped draft and the hybrid (lookup when it proposes, else that draft). The adaptive
+# controller is compared with the best of each: the issue's set, and the stronger set including the hybrids.
+PLAIN_FIXED = [FixedPolicy("model", k) for k in range(1, 9)] + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 10, 16)]
+FIXED = PLAIN_FIXED + [
+    FixedPolicy(drafter, k, threshold) for drafter in ("model", "hybrid") for k in (4, 8, 16) for threshold in (0.5, 0.7)
+]
 
 
 class Timed:
@@ -76,13 +76,16 @@ class Timed:
 
 
 def hindsight(traces, cost, max_new_tokens=None):
-    """Best single fixed configuration overall, and per class, by exact replay."""
+    """By exact replay: the best single fixed configuration overall, the best of the issue's plain set (model k,
+    lookup), and the best per class."""
     runs = {p.name: simulate(traces, p, cost, max_new_tokens) for p in FIXED}
     best = max(runs, key=lambda n: runs[n].throughput())
+    best_plain = max((p.name for p in PLAIN_FIXED), key=lambda n: runs[n].throughput())
     classes = sorted({t.request_class for t in traces})
     per_class = {c: max(runs, key=lambda n: runs[n].throughput(c)) for c in classes}
     by_name = {p.name: p for p in FIXED}
-    return by_name[best], {c: by_name[n] for c, n in per_class.items()}, {n: r.throughput() for n, r in runs.items()}
+    return (by_name[best], by_name[best_plain], {c: by_name[n] for c, n in per_class.items()},
+            {n: r.throughput() for n, r in runs.items()})
 
 
 def main() -> None:
@@ -119,8 +122,8 @@ def main() -> None:
     if args.calibrate:
         policy_file = policy_file.model_copy(update={"cost": fresh_cost(pair)})
         drift["before"] = cost_summary(policy_file.cost)
-    best_fixed, per_class, sim_fixed = hindsight(held_out, policy_file.cost, args.max_new_tokens)
-    print(f"best single fixed in hindsight: {best_fixed.name}; per class: "
+    best_fixed, best_plain, per_class, sim_fixed = hindsight(held_out, policy_file.cost, args.max_new_tokens)
+    print(f"best single fixed in hindsight: {best_fixed.name}; of model k / lookup: {best_plain.name}; per class: "
           f"{ {c: p.name for c, p in per_class.items()} }", flush=True)  # fmt: skip
     adaptive_policy = Timed(policy_from_file(policy_file))  # empty in-memory store: a cold start
     adaptive = AdaptiveGenerator(pair.target, pair.draft, tok, policy=adaptive_policy)
@@ -144,13 +147,16 @@ def main() -> None:
         "target-only": lambda ids, row: plain_gen.generate(ids, max_new_tokens=args.max_new_tokens).result,
         "hf assisted default": hf_default,
         f"best fixed ({best_fixed.name})": run_fixed(best_fixed),
+        f"best model-k/lookup ({best_plain.name})": run_fixed(best_plain),
         "per-category oracle": lambda ids, row: run_fixed(per_class[row.request_class])(ids, row),
         "adaptive (cold)": lambda ids, row: adaptive.generate(ids, max_new_tokens=args.max_new_tokens,
                                                               prompt_text=row.prompt).result,  # fmt: skip
     }
     if args.skip_hf:
         del configs["hf assisted default"]
-    predicted = predicted_seconds(held_out, policy_file, best_fixed, per_class, args.max_new_tokens)
+    if best_plain.name == best_fixed.name:  # the issue's set already holds the best: one run serves both
+        del configs[f"best model-k/lookup ({best_plain.name})"]
+    predicted = predicted_seconds(held_out, policy_file, best_fixed, best_plain, per_class, args.max_new_tokens)
     warm = chat_ids(tok, "Say hi.")
     for name, run in configs.items():
         if name != "adaptive (cold)":  # the adaptive store must start empty
@@ -176,7 +182,7 @@ def main() -> None:
         summary["cost_drift"] = drift
         summary["cost_model"] = json.loads(policy_file.cost.model_dump_json())
     meta = {"prompts": len(held_out), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-            "policy": str(args.policy), "traces": str(args.traces), "best_fixed": best_fixed.name,
+            "policy": str(args.policy), "traces": str(args.traces), "best_fixed": best_fixed.name, "best_plain_fixed": best_plain.name,
             "per_category_oracle": {c: p.name for c, p in per_class.items()},
             "command": "python " + " ".join(sys.argv)}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +212,7 @@ def _count(seen: dict, key: str) -> int:
     return seen[key]
 
 
-def predicted_seconds(traces, policy_file, best_fixed, per_class, max_new_tokens=None) -> dict[str, dict[int, float]]:
+def predicted_seconds(traces, policy_file, best_fixed, best_plain, per_class, max_new_tokens=None) -> dict[str, dict[int, float]]:
     """Per configuration and prompt, the time exact replay predicts (the simulator's validation).
 
     The adaptive replay runs on a fresh policy in the same order, so its store evolves as in the real run; it uses
@@ -215,6 +221,7 @@ def predicted_seconds(traces, policy_file, best_fixed, per_class, max_new_tokens
     cost = policy_file.cost
     policies = {"target-only": [FixedPolicy()] * len(traces),
                 f"best fixed ({best_fixed.name})": [best_fixed] * len(traces),
+                f"best model-k/lookup ({best_plain.name})": [best_plain] * len(traces),
                 "per-category oracle": [per_class[t.request_class] for t in traces]}  # fmt: skip
     out = {name: {p: replay(t, pol[p], cost, max_new_tokens).seconds for p, t in enumerate(traces)} for name, pol in policies.items()}
     adaptive = policy_from_file(policy_file)
@@ -289,11 +296,13 @@ def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
             tps[name][cls] = sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs)
     base, adaptive = "target-only", "adaptive (cold)"
     best = next(n for n in names if n.startswith("best fixed"))
+    plain = next((n for n in names if n.startswith("best model-k/lookup")), best)
     speedup = {n: {c: tps[n][c] / tps[base][c] for c in tps[n]} for n in names}
     return {
         "tokens_per_s": tps,
         "speedup_vs_target": speedup,
         "adaptive_vs_best_fixed": tps[adaptive]["all"] / tps[best]["all"],
+        "adaptive_vs_best_plain_fixed": tps[adaptive]["all"] / tps[plain]["all"],
         "adaptive_vs_per_category_oracle": tps[adaptive]["all"] / tps["per-category oracle"]["all"],
         "worst_category_vs_target": min(speedup[adaptive][c] for c in classes),
         "decide_us": {"p50": statistics.median(decide_us), "p99": sorted(decide_us)[int(0.99 * len(decide_us))],
@@ -310,13 +319,19 @@ def markdown(summary, meta) -> str:
     lines = ["# Adaptive benchmark", "",
              f"Reference pair, bf16, {meta['threads']} threads, greedy, {meta['max_new_tokens']} new tokens, "
              f"{meta['prompts']} held-out Spec-Bench prompts, shuffled, every configuration interleaved per prompt. "
-             f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**. Command: `{meta.get('command', '')}`.", "",
+             f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**; of the issue's set (model draft "
+             f"k = 1..8, prompt lookup): **{meta.get('best_plain_fixed', meta['best_fixed'])}**. "
+             f"Command: `{meta.get('command', '')}`.", "",
              "Speedup over target-only (tokens/s ratio):", "",
              "| config | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]  # fmt: skip
     for name, row in summary["speedup_vs_target"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in classes) + " |")
     d, o = summary["decide_us"], summary["off_path"]
-    lines += ["", f"- adaptive / best single fixed: **{summary['adaptive_vs_best_fixed']:.3f}** (bar >= 1.15)",
+    plain = summary.get("adaptive_vs_best_plain_fixed", summary["adaptive_vs_best_fixed"])
+    lines += ["", f"- adaptive / best single fixed of the issue's set (model k = 1..8, lookup): **{plain:.3f}** "
+              "(bar >= 1.15)",
+              f"- adaptive / best single fixed including the hybrids: **{summary['adaptive_vs_best_fixed']:.3f}** "
+              "(the stronger baseline HEADROOM.md asks to beat: > 1)",
               f"- adaptive / per-category oracle: **{summary['adaptive_vs_per_category_oracle']:.3f}** (bar >= 0.90)",
               f"- worst category, adaptive / target-only: **{summary['worst_category_vs_target']:.3f}** (bar >= 0.98)",
               f"- controller decision cost: p50 {d['p50']:.1f} us, p99 {d['p99']:.1f} us over {d['count']} decisions "

@@ -80,6 +80,18 @@ def test_k_changes_every_round(engine, pair):
             assert record.proposed <= record.k
 
 
+def test_round_state_tokens_mirror_the_context(engine):
+    """The Python-int copy a policy reads (``state.tokens``) is the context tensor, every round."""
+    seen = []
+
+    def decide(state):
+        seen.append(state.tokens == state.context.tolist() and state.generated + len(PROMPTS[0]) == len(state.tokens))
+        return Decision("hybrid", 3)
+
+    engine.generate(torch.tensor(PROMPTS[0]), decide, stop=StopRule(30))
+    assert seen and all(seen)
+
+
 def test_eos_inside_a_draft(pair):
     target, _ = pair
     prompt = PROMPTS[2]

@@ -46,6 +46,10 @@ class RoundState:
     remaining: int  # tokens still allowed by max_new_tokens
     context: torch.Tensor  # [L] prompt + generated; the last one is the pending token
     last: RoundRecord | None  # the previous round, None before the first
+    # The same L tokens as Python ints, kept by the engine: a policy that reads tokens (e.g. its own n-gram index)
+    # need not touch the tensor, whose every access costs tens of microseconds once a forward has flushed the CPU
+    # caches. None when a caller builds a state without it.
+    tokens: list[int] | None = None
 
 
 Decide = Callable[[RoundState], Decision]
@@ -167,19 +171,22 @@ class SpeculativeEngine:
         keep, reason = stop.cut(generated, [int(first)])
         context = torch.cat([prompt, first.view(1)])
         generated.append(int(first))
+        tokens = prompt.tolist() + [int(first)]  # context as Python ints, for the policy
         if streamer is not None:
             streamer.put(first.view(1).cpu())
 
         while reason is None:
-            record, new = self._round(context, generated, stop, decide, sampling, generator, records)
-            keep, reason = stop.cut(generated, new.tolist())
-            new = new[:keep]
+            record, new = self._round(context, tokens, generated, stop, decide, sampling, generator, records)
+            new_ids = new.tolist()
+            keep, reason = stop.cut(generated, new_ids)
+            new, new_ids = new[:keep], new_ids[:keep]
             record = _trimmed(record, keep)
             records.append(record)
             if on_round is not None:
                 on_round(record)
             context = torch.cat([context, new])
-            generated.extend(new.tolist())
+            generated.extend(new_ids)
+            tokens.extend(new_ids)
             if streamer is not None:
                 streamer.put(new.cpu())
 
@@ -197,6 +204,7 @@ class SpeculativeEngine:
     def _round(
         self,
         context: torch.Tensor,
+        tokens: list[int],
         generated: list[int],
         stop: StopRule,
         decide: Decide,
@@ -206,7 +214,7 @@ class SpeculativeEngine:
     ) -> tuple[RoundRecord, torch.Tensor]:
         remaining = stop.max_new_tokens - len(generated)
         # 1. decide: which drafter, how many tokens
-        decision = decide(RoundState(len(generated), remaining, context, records[-1] if records else None))
+        decision = decide(RoundState(len(generated), remaining, context, records[-1] if records else None, tokens))
         k = self._check(decision)
         k_run = min(k, remaining - 1)  # a round emits up to k + 1 tokens; drafting past the budget is waste
         drafter_name = decision.drafter if k_run > 0 else NO_DRAFTER

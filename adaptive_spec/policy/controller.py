@@ -29,7 +29,7 @@ from ..engine import NO_DRAFTER, Decision, RoundState
 from ..engine.lookup import LookupIndex
 from ..logs import get_logger
 from ..records import RoundRecord
-from ..stats import AlphaEstimator, Estimate
+from ..stats import AlphaEstimator
 from .base import RequestInfo, RequestReport
 from .cost import CostModel
 
@@ -104,25 +104,29 @@ class ControllerConfig(BaseModel):
 
 @dataclasses.dataclass
 class _RoundCosts:
-    """Round costs at one context length, tabulated so a decision is a few lookups."""
+    """Round costs at one context length, tabulated so a decision is a few lookups (no pydantic access per round)."""
 
     context: int
     verify: list[float]  # [n] seconds for a target forward over n tokens (index 0 unused)
     draft_step: dict[str, float]  # per model-type drafter: one single-token step
     lookup: float
     cost: CostModel
+    first: dict[tuple[str, int], float]  # (drafter, catch-up tokens) -> the round's first draft forward
 
     @classmethod
     def at(cls, cost: CostModel, context: int, max_k: int) -> _RoundCosts:
         verify = [0.0] + [cost.verify_s(n, context) for n in range(1, max_k + 2)]
         steps = {name: cost.draft_s(1, context, 1, name) for name in cost.drafts}
-        return cls(context, verify, steps, cost.lookup_s, cost)
+        first = {(name, c): cost.draft_s(1, context, c, name) for name in cost.drafts for c in (1, 2)}
+        return cls(context, verify, steps, cost.lookup_s, cost, first)
 
     def model_round(self, drafter: str, proposed: float, catchup: int, amortize: float) -> float:
         """A model-type round's time; a catch-up beyond 2 tokens is a one-off, spread over ``amortize`` rounds."""
         step = self.draft_step[drafter]
         n = min(max(1, round(proposed)), len(self.verify) - 2)
-        first = self.cost.draft_s(1, self.context, catchup, drafter)
+        first = self.first.get((drafter, catchup))
+        if first is None:
+            first = self.first[(drafter, catchup)] = self.cost.draft_s(1, self.context, catchup, drafter)
         if catchup > 2:
             first = step + (first - step) / amortize
         return first + (n - 1) * step + self.verify[n + 1]
@@ -174,7 +178,9 @@ class AdaptiveSession:
         self.requests = est.new_request()
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
         self.class_model = {d: est.estimate(request_class, d) for d in self.drafters}
-        self.class_lookup: dict[str, Estimate] = {}
+        # the class's side of every blend is fixed for the request: weighted sums, computed once
+        self.model_blend = {d: self._class_side(d) for d in self.drafters}
+        self.lookup_blend: dict[str, tuple[list[float], list[float]]] = {}
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
         self.on = {d: True for d in self.drafters}
@@ -190,7 +196,7 @@ class AdaptiveSession:
     # --- deciding -----------------------------------------------------------------------------------------------
 
     def decide(self, state: RoundState) -> Decision:
-        context_len = state.context.numel()
+        context_len = len(state.tokens) if state.tokens is not None else state.context.numel()
         if self.costs is None or context_len - self.costs.context >= self.config.refresh_tokens:
             self.costs = _RoundCosts.at(self.policy.cost, context_len, 64)
         decision, key = self._choose(state, context_len)
@@ -209,7 +215,8 @@ class AdaptiveSession:
 
         # prompt lookup: what would it propose here, and how is such a proposal accepted?
         if s.use_lookup:
-            self.lookup.extend(state.context[len(self.lookup.tokens) :].tolist())
+            seen = len(self.lookup.tokens)
+            self.lookup.extend(state.tokens[seen:] if state.tokens is not None else state.context[seen:].tolist())
             proposal, ngram = self.lookup.propose(min(s.lookup_max_k, cap))
             if proposal and ngram >= s.lookup_min_ngram:
                 key = lookup_key(ngram, self.last_lookup_full)
@@ -232,21 +239,26 @@ class AdaptiveSession:
             best = (Decision(name, min(self.config.probe_k, cap), s.for_drafter(name).threshold), name)
         return best
 
-    def _blend(self, estimate: Estimate | None, mine_rounds: int, mine_sum: float, prior_per_round: float,
-               field: str) -> float:  # fmt: skip
-        """Per-round mean of ``field`` blending the class (capped at prior_weight rounds) with this request."""
-        weight, value = self.config.prior_weight, prior_per_round
+    def _class_side(self, name: str) -> tuple[float, float, float]:
+        """(weight x accepted, weight x proposed, weight) per round: the class (at most prior_weight rounds) or the
+        prior, to blend with this request's own rounds."""
+        estimate = self.class_model.get(name)
         if estimate is not None and estimate.rounds > 0:
             weight = min(estimate.rounds, self.config.prior_weight)
-            value = getattr(estimate, field) / estimate.rounds
-        return (weight * value + mine_sum) / (weight + mine_rounds)
+            accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
+        else:
+            weight = self.config.prior_weight
+            accepted, proposed = self.model_prior(name)
+        return weight * accepted, weight * proposed, weight
 
     def _model_rate(self, name: str, context_len: int) -> float:
-        mine = self.requests.counts(name)
-        estimate = self.class_model.get(name)
-        prior_accepted, prior_proposed = self.model_prior(name)
-        accepted = self._blend(estimate, mine.rounds, mine.accepted_tokens, prior_accepted, "accepted_tokens")
-        proposed = self._blend(estimate, mine.rounds, mine.draft_tokens, prior_proposed, "draft_tokens")
+        class_accepted, class_proposed, weight = self.model_blend[name]
+        mine = self.requests.by_drafter.get(name)
+        if mine is None:
+            accepted, proposed = class_accepted / weight, class_proposed / weight
+        else:
+            accepted = (class_accepted + mine.accepted_tokens) / (weight + mine.rounds)
+            proposed = (class_proposed + mine.draft_tokens) / (weight + mine.rounds)
         catchup = context_len - min(self.true_len[name], context_len - 1)
         return (accepted + 1.0) / self.costs.model_round(name, proposed, catchup, self.config.catchup_amortize)
 
@@ -260,32 +272,41 @@ class AdaptiveSession:
             return d.prior_accepted, d.prior_proposed
         return self.config.prior_model_accepted, self.config.prior_model_proposed
 
-    def _lookup_acceptance(self, key: str, k: int) -> list[float]:
-        estimate = self.class_lookup.get(key)
-        if estimate is None:
-            estimate = self.class_lookup[key] = self.policy.estimator.estimate(self.request_class, key)
-        mine = self.requests.counts(key)
-        out = []
-        prior = self.config.prior_lookup_accept
-        for j in range(k):
-            jj = min(j, len(mine.tried) - 1)
-            if estimate.has_data and estimate.tried[jj] > 0:
-                p = estimate.positions[jj]
-                prior_mean, weight = p.mean, min(p.weight, self.config.prior_weight)
-            else:
-                prior_mean, weight = prior, 2.0
-            out.append((prior_mean * weight + mine.accepted[jj]) / (weight + mine.tried[jj]))
-        return out
+    def _lookup_class_side(self, key: str) -> tuple[list[float], list[float]]:
+        """Per position: (weight x class mean, weight) for this kind of lookup proposal, read once per request."""
+        blend = self.lookup_blend.get(key)
+        if blend is None:
+            estimate = self.policy.estimator.estimate(self.request_class, key)
+            sums, weights = [], []
+            for j in range(self.requests.max_positions):
+                if estimate.has_data and estimate.tried[j] > 0:
+                    p = estimate.positions[j]
+                    mean, weight = p.mean, min(p.weight, self.config.prior_weight)
+                else:
+                    mean, weight = self.config.prior_lookup_accept, 2.0
+                sums.append(mean * weight)
+                weights.append(weight)
+            blend = self.lookup_blend[key] = (sums, weights)
+        return blend
 
     def _best_lookup_k(self, key: str, available: int) -> tuple[int, float]:
-        costs = self.costs
-        acceptance = self._lookup_acceptance(key, available)
+        """The k up to the proposal's length with the highest expected rate; positions past the counters' reuse
+        the last one."""
+        sums, weights = self._lookup_class_side(key)
+        mine = self.requests.by_drafter.get(key)
+        last = len(sums) - 1
+        verify, lookup = self.costs.verify, self.costs.lookup
+        top = len(verify) - 1
         best_k, best_rate = 1, 0.0
         tokens, survive = 1.0, 1.0
         for k in range(1, available + 1):
-            survive *= acceptance[k - 1]
+            j = min(k - 1, last)
+            if mine is None:
+                survive *= sums[j] / weights[j]
+            else:
+                survive *= (sums[j] + mine.accepted[j]) / (weights[j] + mine.tried[j])
             tokens += survive
-            rate = tokens / (costs.lookup + costs.verify[min(k + 1, len(costs.verify) - 1)])
+            rate = tokens / (lookup + verify[min(k + 1, top)])
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k, best_rate

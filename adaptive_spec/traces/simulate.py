@@ -118,7 +118,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
     """Replay one request under ``policy``; ``request_class`` overrides the trace's (None: use the trace's)."""
     n = len(trace.target) if max_new_tokens is None else min(max_new_tokens, len(trace.target))
     cls = trace.request_class if request_class is None else request_class
-    full = torch.tensor(trace.prompt_ids + trace.target)
+    full_ids = trace.prompt_ids + trace.target
+    full = torch.tensor(full_ids)
     prompt_len = trace.prompt_len
     session = policy.start(RequestInfo(trace.prompt, full[:prompt_len], cls))
     budget = max_new_tokens or trace.max_new_tokens
@@ -129,7 +130,7 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
     while i < n:
         context_len = prompt_len + i
         remaining = budget - i
-        state = RoundState(i, remaining, full[:context_len], records[-1] if records else None)
+        state = RoundState(i, remaining, full[:context_len], records[-1] if records else None, full_ids[:context_len])
         decision = session.decide(state)
         k_run = min(decision.k, remaining - 1)
         drafter = decision.drafter if k_run > 0 else NO_DRAFTER
