@@ -201,12 +201,12 @@ def _cost_model(policy_path: Optional[Path], pair_id: str, loaded=None, reps: in
     return _calibrate(loaded, reps)
 
 
-def _calibrate(loaded, reps: int, heads: dict | None = None):
+def _calibrate(loaded, reps: int, heads: dict | None = None, custom_drafts: dict | None = None):
     from .policy.calibrate import calibrate_pair
 
     with progress_bar() as bar:
         return calibrate_pair(loaded.target, loaded.draft, loaded.pair_id, loaded.dtype, reps, progress=staged(bar),
-                              heads=heads)  # fmt: skip
+                              heads=heads, custom_drafts=custom_drafts)  # fmt: skip
 
 
 @app.command()
@@ -214,6 +214,7 @@ def calibrate(
     out: Annotated[Optional[Path], typer.Option(help="policy file to write (default: policies/<pair>-<device>.json)")] = None,
     reps: Annotated[int, typer.Option(min=1, help="repetitions per measured point")] = 3,
     head: Annotated[Optional[Path], typer.Option(help="also price this draft head (from `distill --kind head`), as drafter 'head'")] = None,
+    custom_draft: Annotated[Optional[Path], typer.Option(help="also price this custom draft (from `distill`), as drafter 'custom'")] = None,
     target: TargetOpt = None,
     draft: DraftOpt = None,
     pair: PairOpt = "qwen2.5-coder",
@@ -229,8 +230,11 @@ def calibrate(
     with user_errors():
         if head is not None and not (head / "head_config.json").is_file():
             raise UserError(f"--head {head}: no draft head there (head_config.json not found)")
+        if custom_draft is not None and not (custom_draft / "draft_config.json").is_file():
+            raise UserError(f"--custom-draft {custom_draft}: no custom draft there (draft_config.json not found)")
         loaded = _models(pair, target, draft, dtype, threads)
-        cost = _calibrate(loaded, reps, {"head": head} if head else None)
+        cost = _calibrate(loaded, reps, {"head": head} if head else None,
+                          {"custom": custom_draft} if custom_draft else None)  # fmt: skip
         device = "cuda" if cost.hardware.startswith("cuda") else "cpu"
         path = out or default_policy_path(loaded.pair_id, device)
         if path.is_file():
@@ -245,9 +249,9 @@ def calibrate(
     for n in (1, 2, 4, 8, 16):
         table.add_row(str(n), f"{cost.target(n, 128) * 1e3:.1f}", f"{cost.draft(n, 128) * 1e3:.1f}" if cost.draft else "-")
     Console().print(table)
-    if head:
-        typer.echo(f"c of the draft head = {cost.draft_cost_ratio_of('head'):.3f}; break-even alpha, head k=4: "
-                   f"{cost.break_even_alpha('head', 4):.3f}")  # fmt: skip
+    for name in [n for n in ("head", "custom") if n in cost.drafts]:
+        typer.echo(f"c of the {name} drafter = {cost.draft_cost_ratio_of(name):.3f}; break-even alpha, {name} k=4: "
+                   f"{cost.break_even_alpha(name, 4):.3f}")  # fmt: skip
     typer.echo(f"c (draft step / target step) = {cost.draft_cost_ratio:.3f}; lookup {cost.lookup_s * 1e3:.2f} ms; "
                f"round overhead {cost.round_overhead_s * 1e3:.2f} ms")  # fmt: skip
     for k in (1, 2, 4, 8):

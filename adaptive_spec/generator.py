@@ -66,9 +66,11 @@ class AdaptiveGenerator:
         pair_id: str | None = None,
         extra_drafters: tuple = (),
         head: str | Path | None = None,
+        custom_draft: str | Path | None = None,
     ):
-        """``head``: a draft head directory (``adaptive-spec distill --kind head``), drafter "head"; the policy's
-        cost model must price it (``adaptive-spec calibrate --head DIR``)."""
+        """``head``: a draft head directory (``adaptive-spec distill --kind head``), drafter "head"; ``custom_draft``:
+        a custom draft directory (``adaptive-spec distill``), drafter "custom". The policy's cost model must price
+        each (``adaptive-spec calibrate --head DIR --custom-draft DIR``); both are checked against ``target``."""
         if draft is not None:
             _check_vocab(target, draft)
         self.target = target
@@ -78,8 +80,13 @@ class AdaptiveGenerator:
             from .distill.head import attach_saved_head
 
             attach_saved_head(self.engine, head, "head")
-        # a head the caller handed over must be priced, not silently left unused
-        self.policy = self._make_policy(policy, store, pair_id, draft, required=("head",) if head is not None else ())
+        if custom_draft is not None:
+            from .distill.artifact import load_custom_draft
+
+            self.engine.add_drafter(load_custom_draft(custom_draft, target, name="custom"))
+        # a drafter the caller handed over (a head, a custom draft) must be priced, not silently left unused
+        handed = [d.name for d in extra_drafters] + ["head"] * (head is not None) + ["custom"] * (custom_draft is not None)
+        self.policy = self._make_policy(policy, store, pair_id, draft, required=tuple(handed))
 
     def _make_policy(self, policy, store, pair_id, draft, required: tuple[str, ...] = ()) -> Policy:
         if policy is not None and not isinstance(policy, (PolicyFile, str, Path)):
@@ -97,7 +104,8 @@ class AdaptiveGenerator:
         unpriced = [d for d in required if d not in policy.cost.drafts]
         if unpriced:
             raise ValueError(f"the policy's cost model has no measurements for drafter(s) {unpriced}: price them with "
-                             "`adaptive-spec calibrate --head DIR` (or calibrate_pair(..., heads=...))")  # fmt: skip
+                             "`adaptive-spec calibrate --head DIR` / `--custom-draft DIR` (or calibrate_pair(..., "
+                             "heads=..., custom_drafts=...)), or pass a policy object that does not need them")  # fmt: skip
         return policy_from_file(policy, store, model_drafters=self.model_drafters())
 
     def model_drafters(self) -> list[str]:

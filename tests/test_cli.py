@@ -27,6 +27,7 @@ SMALL_TRACES = ROOT / "notebooks" / "data" / "traces_small.jsonl"
         (["models", "fetch", "--pair", "nope"], "unknown model pair"),
         (["train-policy", "missing.jsonl", "--out", "x.json"], "not found"),
         (["calibrate", "--head", "no-such-head-dir"], "no draft head"),
+        (["calibrate", "--custom-draft", "no-such-draft-dir"], "no custom draft"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -348,6 +348,31 @@ def test_draft_for_another_target_is_refused(tiny, vmap, tmp_path):
         load_custom_draft(directory, tiny[0])
 
 
+def test_a_saved_custom_draft_is_priced_and_chosen_by_the_controller(tiny, vmap, tmp_path):
+    """calibrate_pair(custom_drafts=...) measures its own table; AdaptiveGenerator(custom_draft=DIR) drafts with it
+    losslessly, and refuses a policy that does not price it (a handed-over drafter is never silently unused)."""
+    from adaptive_spec.generator import AdaptiveGenerator
+    from adaptive_spec.policy.calibrate import calibrate_pair
+    from adaptive_spec.policy.file import PolicyFile
+    from tests.test_generator import reference as hf_reference
+
+    directory, _ = _save(tiny, vmap, tmp_path / "custom")
+    target = tiny[0]
+    cost = calibrate_pair(target, None, "tiny", "float32", reps=1, custom_drafts={"custom": directory})
+    assert set(cost.drafts) == {"custom"} and cost.draft_cost_ratio_of("custom") > 0
+    unpriced = PolicyFile(name="no-custom", pair_id="tiny", cost=cost.model_copy(update={"drafts": {}}))
+    with pytest.raises(ValueError, match="no measurements for drafter.*custom"):
+        AdaptiveGenerator(target, policy=unpriced, custom_draft=directory)
+    with pytest.raises(ValueError, match="no measurements for drafter.*mine"):
+        AdaptiveGenerator(target, policy=unpriced, extra_drafters=(load_custom_draft(directory, target, name="mine"),))
+    generator = AdaptiveGenerator(target, policy=PolicyFile(name="tiny-custom", pair_id="tiny", cost=cost),
+                                  custom_draft=directory)  # fmt: skip
+    for prompt in PROMPTS:
+        out = generator.generate(torch.tensor([prompt]), max_new_tokens=24, eos_token_id=-1, speculation="on")
+        assert out.sequences[0].tolist() == hf_reference(target, prompt, 24)
+        assert any(r.drafter == "custom" and r.proposed > 0 for r in out.result.records)
+
+
 # --- traffic, CLI, pipeline ---------------------------------------------------------------------------------------
 
 

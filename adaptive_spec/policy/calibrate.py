@@ -198,11 +198,14 @@ def measure_drafter_table(engine, name: str, tokens: Sequence[int] = DRAFT_TOKEN
 
 
 def calibrate_pair(target: PreTrainedModel, draft: PreTrainedModel | None, pair_id: str, dtype: str, reps: int = 3,
-                   progress: Progress | None = None, heads: dict[str, str | os.PathLike] | None = None) -> CostModel:  # fmt: skip
+                   progress: Progress | None = None, heads: dict[str, str | os.PathLike] | None = None,
+                   custom_drafts: dict[str, str | os.PathLike] | None = None) -> CostModel:  # fmt: skip
     """What ``adaptive-spec calibrate`` measures: the forward tables plus this engine's own per-round overhead.
 
-    ``heads``: draft heads to price too, {drafter name: head directory}; each gets its own table in ``drafts``.
+    ``heads`` / ``custom_drafts``: draft heads (``distill --kind head``) and custom drafts (``distill``) to price too,
+    {drafter name: directory}; each gets its own table in ``drafts``, measured through its own ``propose``.
     """
+    from ..distill.artifact import load_custom_draft
     from ..distill.head import attach_saved_head
     from ..engine import SpeculativeEngine
     from ..runtime import standard_drafters
@@ -210,11 +213,14 @@ def calibrate_pair(target: PreTrainedModel, draft: PreTrainedModel | None, pair_
     engine = SpeculativeEngine(target, standard_drafters(target, draft))
     for name, directory in (heads or {}).items():
         attach_saved_head(engine, directory, name)
+    for name, directory in (custom_drafts or {}).items():
+        engine.add_drafter(load_custom_draft(directory, target, name=name))
     overhead = measure_round_overhead(engine)
     cost = calibrate(target, draft, pair_id, dtype, reps, progress=progress, round_overhead_s=overhead)
-    if not heads:
+    extra = [*(heads or {}), *(custom_drafts or {})]
+    if not extra:
         return cost
-    tables = {name: measure_drafter_table(engine, name, reps=reps) for name in heads}
+    tables = {name: measure_drafter_table(engine, name, reps=reps) for name in extra}
     if progress:
-        progress("draft heads", len(heads), len(heads))
+        progress("extra drafters", len(extra), len(extra))
     return cost.model_copy(update={"drafts": {**cost.drafts, **tables}})
