@@ -49,6 +49,9 @@ def test_head_learns_from_features(setup, tmp_path, bf16_autocast):
     after = head_alpha(head, target, collection, test_ids, vmap)
     assert summary["steps"] == 60
     assert after["alpha_1"] > max(0.2, 5 * before["alpha_1"])  # toy data: learnable, not to perfection
+    if bf16_autocast:  # the same head kept in bf16 is evaluated in bf16 (it failed on a dtype mismatch)
+        in_bf16 = head_alpha(head.to(torch.bfloat16), target, collection, test_ids, vmap)
+        assert abs(in_bf16["alpha_1"] - after["alpha_1"]) < 0.1
 
 
 def test_training_resumes_to_the_same_head(setup, tmp_path):

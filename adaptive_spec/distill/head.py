@@ -216,15 +216,16 @@ def head_alpha(head: DraftHead, target: PreTrainedModel, collection: Collection,
     the share where its j-th draft token (drafted from its own predicted features) is, given the first j-1 were.
     """
     embed = target.get_input_embeddings()
+    dtype = next(head.parameters()).dtype  # a head kept in bf16 reads bf16 features
     tried, hit = [0] * depth, [0] * depth
     for ex in collection.examples(ids, hidden=True):
-        hidden = ex.hidden.float()
+        hidden = ex.hidden.to(dtype)
         n = hidden.shape[0]
         if n < depth + 2:
             continue
         top1 = ex.topk_ids[:, 0]
         features = hidden[:-1][None]  # row r reads f_r ...
-        tokens = embed(ex.tokens[1:])[None].float()  # ... and x_{r+1}
+        tokens = embed(ex.tokens[1:])[None].to(dtype)  # ... and x_{r+1}
         anchors = n - 1 - depth  # anchors i whose first `depth` draft tokens all have a truth
         ok = torch.ones(anchors, dtype=torch.bool)
         inputs = features
