@@ -29,7 +29,7 @@ from ..engine import NO_DRAFTER, Decision, RoundState
 from ..engine.lookup import LookupIndex
 from ..logs import get_logger
 from ..records import RoundRecord
-from ..stats import AlphaEstimator
+from ..stats import AlphaEstimator, Estimate
 from .base import RequestInfo, RequestReport
 from .cost import CostModel
 
@@ -117,7 +117,8 @@ class _RoundCosts:
     def at(cls, cost: CostModel, context: int, max_k: int) -> _RoundCosts:
         verify = [0.0] + [cost.verify_s(n, context) for n in range(1, max_k + 2)]
         steps = {name: cost.draft_s(1, context, 1, name) for name in cost.drafts}
-        first = {(name, c): cost.draft_s(1, context, c, name) for name in cost.drafts for c in (1, 2)}
+        first = {(name, 1): step for name, step in steps.items()}  # catching up on 1 token is a plain step
+        first.update({(name, 2): cost.draft_s(1, context, 2, name) for name in cost.drafts})
         return cls(context, verify, steps, cost.lookup_s, cost, first)
 
     def model_round(self, drafter: str, proposed: float, catchup: int, amortize: float) -> float:
@@ -177,9 +178,8 @@ class AdaptiveSession:
         est = policy.estimator
         self.requests = est.new_request()
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
-        self.class_model = {d: est.estimate(request_class, d) for d in self.drafters}
-        # the class's side of every blend is fixed for the request: weighted sums, computed once
-        self.model_blend = {d: self._class_side(d) for d in self.drafters}
+        # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
+        self.model_blend = {d: self._class_side(d, est.estimate(request_class, d)) for d in self.drafters}
         self.lookup_blend: dict[str, tuple[list[float], list[float]]] = {}
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
@@ -239,11 +239,10 @@ class AdaptiveSession:
             best = (Decision(name, min(self.config.probe_k, cap), s.for_drafter(name).threshold), name)
         return best
 
-    def _class_side(self, name: str) -> tuple[float, float, float]:
+    def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
         """(weight x accepted, weight x proposed, weight) per round: the class (at most prior_weight rounds) or the
         prior, to blend with this request's own rounds."""
-        estimate = self.class_model.get(name)
-        if estimate is not None and estimate.rounds > 0:
+        if estimate.rounds > 0:
             weight = min(estimate.rounds, self.config.prior_weight)
             accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
         else:
