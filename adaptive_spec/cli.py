@@ -353,11 +353,14 @@ def train_policy(
     policy: Annotated[Optional[Path], typer.Option(help="policy file with the calibrated cost model")] = None,
     held_out: Annotated[float, typer.Option(min=0.0, max=0.9, help="share of each class held out")] = 0.5,
     seed: Annotated[int, typer.Option()] = 0,
+    class_margin: Annotated[float, typer.Option(min=0.0, help=(
+        "a class departs from the shared setting only if that gains more than this (relative) on its own "
+        "training traces; 0 tunes every class freely (overfits a few requests per class)"))] = 0.03,  # = train.CLASS_MARGIN
     classifier: Annotated[bool, typer.Option(help="also fit the prompt classifier (training split only)")] = True,
     classifier_prompts: Annotated[Optional[Path], typer.Option(
         help="more labelled prompts (JSONL prompt/class) for the classifier; held-out prompts are excluded")] = None,
 ) -> None:
-    """Fit per-class controller settings (and the prompt classifier) by exact replay; report regret."""
+    """Fit a shared and per-class controller settings (and the prompt classifier) by exact replay; report regret."""
     from rich.table import Table
 
     from .policy.file import PolicyFile, load_policy_file
@@ -374,7 +377,7 @@ def train_policy(
         base = load_policy_file(policy, pair_id) if policy else None
         with progress_bar() as bar:
             task = bar.add_task("tuning classes", total=None)
-            result = train(loaded_traces, cost, held_out, seed,
+            result = train(loaded_traces, cost, held_out, seed, class_margin=class_margin,
                            progress=lambda s, n, total: bar.update(task, completed=n, total=total))  # fmt: skip
         clf = None
         if classifier:

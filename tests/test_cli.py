@@ -49,6 +49,15 @@ def test_train_policy_on_small_traces(tmp_path):
     assert "regret" in result.output
 
 
+def test_train_policy_cli_default_margin_is_the_library_default():
+    import inspect
+
+    from adaptive_spec.cli import train_policy
+    from adaptive_spec.policy.train import CLASS_MARGIN
+
+    assert inspect.signature(train_policy).parameters["class_margin"].default == CLASS_MARGIN
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_generate_streams_and_reports():

@@ -51,6 +51,22 @@ def test_rejects_bad_tables():
         CostTable(tokens=[1, 8], contexts=[100, 200], seconds=[[0.1, 0.2]])
 
 
+def test_despiking_replaces_isolated_spikes_and_keeps_real_shape():
+    # measured on the reference pair (ms): a spiked 1-token forward at context 1024, a spiked 17-token one at 128
+    table = CostTable(tokens=[1, 2, 3, 4, 16, 17], contexts=[128, 1024],
+                      seconds=[[0.285, 0.344, 0.326, 0.308, 0.472, 1.162], [0.973, 0.304, 0.273, 0.287, 0.406, 0.416]])  # fmt: skip
+    assert table(1, 1024) == pytest.approx(0.973)  # memoised in the original...
+    clean, replaced = table.despiked()
+    assert replaced == 2
+    assert clean.seconds[0][-1] == pytest.approx(0.472) and clean.seconds[1][0] == pytest.approx(0.304)
+    assert clean(1, 1024) == pytest.approx(0.304)  # ...and not carried into the copy
+    assert clean.seconds[0][:5] == table.seconds[0][:5]  # a 1-token forward 20% above a 2-token one is real: kept
+    again, none = clean.despiked()
+    assert none == 0 and again.seconds == clean.seconds
+    cost, n = CostModel(pair_id="p", hardware="h", dtype="bfloat16", target=table, drafts={"model": table}).despiked()
+    assert n == 4 and cost.target.seconds == clean.seconds == cost.drafts["model"].seconds
+
+
 def test_calibrate_a_tiny_pair(pair):
     from adaptive_spec.engine import SpeculativeEngine
     from adaptive_spec.policy.calibrate import calibrate, measure_round_overhead

@@ -9,7 +9,7 @@ import pytest
 from adaptive_spec.policy.base import FixedPolicy
 from adaptive_spec.policy.controller import ClassSettings, DraftSettings
 from adaptive_spec.policy.file import load_policy_file
-from adaptive_spec.policy.train import ProfiledPriors, tune_class
+from adaptive_spec.policy.train import ProfiledPriors, train, tune_class, without_priors
 from adaptive_spec.traces.format import read_traces
 from adaptive_spec.traces.simulate import simulate
 
@@ -43,3 +43,17 @@ def test_tuned_class_settings_carry_priors_for_their_own_threshold(math_traces):
     measured = ProfiledPriors(traces, cost).measure("model", settings.model.max_k, settings.model.threshold)
     assert throughput > 0 and measured is not None
     assert (settings.model.prior_accepted, settings.model.prior_proposed) == pytest.approx(measured, abs=1e-3)
+
+
+def test_classes_depart_from_the_shared_setting_only_for_a_clear_gain():
+    policy = load_policy_file(ROOT / "policies" / "qwen2.5-coder-cpu.json")
+    traces = read_traces(ROOT / "notebooks" / "data" / "traces_small.jsonl", pair_id=policy.pair_id)
+    shrunk = train(traces, policy.cost, held_out_share=0.5, class_margin=10.0)  # no gain is large enough
+    shared = shrunk.config.default
+    assert shared.model.prior_accepted is None  # priors of all classes pooled describe none: left generic
+    for cls, settings in shrunk.config.classes.items():
+        assert without_priors(settings) == shared, cls  # the shared knobs...
+        assert settings.model.prior_accepted is not None  # ...with the class's own profiled cold start
+    free = train(traces, policy.cost, held_out_share=0.5, class_margin=0.001)
+    assert free.config.default == shared
+    assert any(without_priors(s) != shared for s in free.config.classes.values())

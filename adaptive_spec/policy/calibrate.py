@@ -19,7 +19,10 @@ from transformers import PreTrainedModel
 from ..engine import PromptLookupDrafter
 from ..engine.kv import CachedLM
 from ..engine.sampling import GREEDY, distribution
+from ..logs import get_logger
 from .cost import CostModel, CostTable
+
+log = get_logger("adaptive_spec.calibrate")
 
 TARGET_TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 17)
 DRAFT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -46,33 +49,46 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _median_forward(lm: CachedLM, n: int, reps: int, vocab: int) -> float:
-    times = []
-    for _ in range(reps):
-        tokens = torch.randint(100, vocab, (n,), device=lm.device)
-        _sync()
-        start = time.perf_counter()
-        lm.forward(tokens)
-        _sync()
-        times.append(time.perf_counter() - start)
-        lm.rollback(n)
-    return statistics.median(times)
+def _forward_s(lm: CachedLM, n: int, vocab: int) -> float:
+    tokens = torch.randint(100, vocab, (n,), device=lm.device)
+    _sync()
+    start = time.perf_counter()
+    lm.forward(tokens)
+    _sync()
+    elapsed = time.perf_counter() - start
+    lm.rollback(n)
+    return elapsed
 
 
 def measure_table(model: PreTrainedModel, tokens: Sequence[int], contexts: Sequence[int], reps: int,
                   progress: Progress | None = None, label: str = "") -> CostTable:  # fmt: skip
+    """Median forward times; the repetitions sweep all token counts in turn (alternating direction), so a slow
+    spell of the machine lands on one repetition of many points, not on every repetition of one point, and the
+    median removes it. Isolated spikes that survive are replaced (``CostTable.despiked``)."""
     lm = CachedLM(model)
     vocab = min(lm.vocab_size, 30_000)
     rows = []
     for c, context in enumerate(contexts):
         lm.reset()
         lm.forward(torch.randint(100, vocab, (context,), device=lm.device), last_only=True)
-        _median_forward(lm, 1, 1, vocab)  # warm-up
-        rows.append([_median_forward(lm, n, reps, vocab) for n in tokens])
+        for n in tokens[:3]:  # warm-up
+            _forward_s(lm, n, vocab)
+        samples: dict[int, list[float]] = {n: [] for n in tokens}
+        for rep in range(reps):
+            for n in tokens if rep % 2 == 0 else reversed(tokens):
+                samples[n].append(_forward_s(lm, n, vocab))
+        rows.append([statistics.median(samples[n]) for n in tokens])
         if progress:
             progress(label, c + 1, len(contexts))
     lm.reset()
-    return CostTable(tokens=list(tokens), contexts=list(contexts), seconds=rows)
+    return _despiked(CostTable(tokens=list(tokens), contexts=list(contexts), seconds=rows), label)
+
+
+def _despiked(table: CostTable, label: str) -> CostTable:
+    table, replaced = table.despiked()
+    if replaced:
+        log.info("calibration_spikes_replaced", table=label, points=replaced)
+    return table
 
 
 def measure_prefill(model: PreTrainedModel, lengths: Sequence[int], reps: int) -> CostTable:
@@ -194,7 +210,7 @@ def measure_drafter_table(engine, name: str, tokens: Sequence[int] = DRAFT_TOKEN
         rows.append(row)
     target.reset()
     drafter.reset()
-    return CostTable(tokens=list(tokens), contexts=list(contexts), seconds=rows)
+    return _despiked(CostTable(tokens=list(tokens), contexts=list(contexts), seconds=rows), name)
 
 
 def calibrate_pair(target: PreTrainedModel, draft: PreTrainedModel | None, pair_id: str, dtype: str, reps: int = 3,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -58,6 +59,27 @@ class CostTable(BaseModel):
         self._memo[key] = value
         return value
 
+    def despiked(self, tolerance: float = 0.25) -> tuple["CostTable", int]:
+        """This table with isolated upward spikes along the token axis replaced, and how many were.
+
+        A forward that a preemption or a page-fault burst slowed is a spike: far above its neighbours in the same
+        row. The controller trusts the table literally, so one spiked plain step at a long context makes every
+        round there look cheap next to it. A value more than ``tolerance`` above the median of itself and its two
+        nearest neighbours becomes that median; genuine shape (a 1-token forward slower than a 4-token one on a
+        packed CPU kernel, ~10-20%) stays.
+        """
+        rows, replaced = [], 0
+        for row in self.seconds:
+            out = list(row)
+            if len(row) >= 3:
+                for i, value in enumerate(row):
+                    lo = min(max(i - 1, 0), len(row) - 3)
+                    local = statistics.median(row[lo : lo + 3])
+                    if value > local * (1 + tolerance):
+                        out[i], replaced = local, replaced + 1
+            rows.append(out)
+        return CostTable(tokens=self.tokens, contexts=self.contexts, seconds=rows), replaced  # a fresh memo
+
 
 def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     if len(xs) == 1:
@@ -89,6 +111,15 @@ class CostModel(BaseModel):
         if not math.isfinite(v):
             raise ValueError("must be finite")
         return v
+
+    def despiked(self, tolerance: float = 0.25) -> tuple["CostModel", int]:
+        """This model with every forward table's isolated spikes replaced (``CostTable.despiked``), and how many."""
+        target, replaced = self.target.despiked(tolerance)
+        drafts = {}
+        for name, table in self.drafts.items():
+            drafts[name], n = table.despiked(tolerance)
+            replaced += n
+        return self.model_copy(update={"target": target, "drafts": drafts}), replaced
 
     # --- times ------------------------------------------------------------------------------------------------
 

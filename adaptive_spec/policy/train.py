@@ -55,12 +55,23 @@ def get_setting(settings: ClassSettings, path: str):
     return getattr(settings, parts[0])
 
 
+def without_priors(settings: ClassSettings) -> ClassSettings:
+    """``settings`` with no profiled cold-start priors (the controller's generic prior applies)."""
+    clear = {"prior_accepted": None, "prior_proposed": None}
+    return settings.model_copy(update={
+        "model": settings.model.model_copy(update=clear),
+        "drafters": {name: d.model_copy(update=clear) for name, d in settings.drafters.items()},
+    })  # fmt: skip
+
+
 def grid_for(cost: CostModel) -> dict[str, list]:
     grid = dict(GRID)
     for name in cost.drafts:
         if name != "model":
             grid.update({f"drafters.{name}.{key}": values for key, values in DRAFTER_GRID.items()})
     return grid
+CLASS_MARGIN = 0.03  # a class departs from the shared setting only for a larger relative gain on its traces
+
 GLOBAL_GRID: dict[str, list] = {
     "prior_weight": [4.0, 8.0, 16.0, 32.0],
     "hysteresis": [0.0, 0.05, 0.1],
@@ -72,8 +83,8 @@ FIXED_CANDIDATES: list[FixedPolicy] = (
     [FixedPolicy()]
     + [FixedPolicy("model", k) for k in range(1, 9)]
     + [FixedPolicy("lookup", k) for k in (2, 4, 6, 8, 16)]
-    + [FixedPolicy("hybrid", k, t) for k in (8, 16) for t in (0.5, 0.7)]
-    + [FixedPolicy("model", k, t) for k in (8, 16) for t in (0.5, 0.7)]
+    + [FixedPolicy("hybrid", k, t) for k in (4, 8, 16) for t in (0.5, 0.7)]
+    + [FixedPolicy("model", k, t) for k in (4, 8, 16) for t in (0.5, 0.7)]
 )
 
 
@@ -160,18 +171,25 @@ class ProfiledPriors:
         return settings
 
 
-def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls: str,
-               grid: dict[str, list] | None = None, passes: int = 2) -> tuple[ClassSettings, float]:  # fmt: skip
-    """Coordinate descent on one class's settings; returns the best settings and their warm throughput.
+def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls: str | None,
+               grid: dict[str, list] | None = None, passes: int = 2, margin: float = 0.001,
+               start: ClassSettings | None = None) -> tuple[ClassSettings, float]:  # fmt: skip
+    """Coordinate descent on one class's settings (``cls=None``: the shared default); returns the best settings
+    and their warm throughput.
 
-    Every candidate carries the cold-start priors profiled on these traces for its own max_k and threshold.
+    A change is kept only if it gains more than ``margin`` (relative) on these traces: on a handful of requests
+    per class, small gains are noise that does not transfer to the class's next requests. Every candidate carries
+    the cold-start priors profiled on these traces for its own max_k and threshold.
     """
     grid = grid or grid_for(cost)
     priors = ProfiledPriors(traces, cost)
-    current = priors.apply(config.for_class(cls))
+    current = priors.apply(start or config.for_class(cls))
 
     def score(settings: ClassSettings) -> float:
-        trial = config.model_copy(update={"classes": {**config.classes, cls: settings}})
+        if cls is None:
+            trial = config.model_copy(update={"default": settings})
+        else:
+            trial = config.model_copy(update={"classes": {**config.classes, cls: settings}})
         return warm_throughput(traces, cost, trial)
 
     best = score(current)
@@ -186,7 +204,7 @@ def tune_class(traces: Sequence, cost: CostModel, config: ControllerConfig, cls:
                 if not any(usable):
                     continue
                 s = score(candidate)
-                if s > best * 1.001:
+                if s > best * (1 + margin):
                     best, current, improved = s, candidate, True
         if not improved:
             break
@@ -216,17 +234,29 @@ def per_request_oracle(traces: Sequence, cost: CostModel, candidates: Sequence[F
 
 
 def train(traces: Sequence, cost: CostModel, held_out_share: float = 0.5, seed: int = 0,
-          base: ControllerConfig | None = None, progress: Callable[[str, int, int], None] | None = None) -> TrainReport:  # fmt: skip
-    """Fit per-class then global settings on a training split; evaluate on the held-out split."""
+          base: ControllerConfig | None = None, progress: Callable[[str, int, int], None] | None = None,
+          class_margin: float = CLASS_MARGIN) -> TrainReport:  # fmt: skip
+    """Fit shared, then per-class, then global settings on a training split; evaluate on the held-out split.
+
+    The shared setting is tuned on all training traces; each class starts from it and departs from it only
+    where that gains more than ``class_margin`` on the class's own traces (shrinkage toward the shared setting:
+    per-class knobs tuned freely on a few requests fitted noise and lost to one shared hybrid on new requests).
+    Each class keeps its own profiled cold-start priors either way.
+    """
     base = base or ControllerConfig()
     train_set, test_set = split_by_class(traces, held_out_share, seed)
     by_class: dict[str, list] = defaultdict(list)
     for t in train_set:
         by_class[t.request_class].append(t)
     classes = sorted(by_class)
+    shared, _ = tune_class(train_set, cost, base.model_copy(update={"classes": {}}), None)
+    shared = without_priors(shared)  # priors profiled on all classes at once describe none of them
+    base = base.model_copy(update={"default": shared, "classes": {}})
+    if progress:
+        progress("tuning classes", 0, len(classes))
     settings: dict[str, ClassSettings] = {}
     for n, cls in enumerate(classes, 1):
-        settings[cls], _ = tune_class(by_class[cls], cost, base, cls)
+        settings[cls], _ = tune_class(by_class[cls], cost, base, cls, margin=class_margin, start=shared)
         if progress:
             progress("tuning classes", n, len(classes))
     config = base.model_copy(update={"classes": settings})
