@@ -1,10 +1,11 @@
-"""Fitting a policy to traces (``adaptive-spec train-policy``): per-class settings chosen by exact replay.
+"""Fitting a policy to traces (``adaptive-spec train-policy``): shared and per-class settings chosen by exact replay.
 
-For each request class, coordinate descent over the controller's class settings (confidence threshold, draft
-caps, which lookup proposals to trust, which drafters to use) maximises the simulated throughput of the class's
-training traces, replayed twice through one estimator (the first pass warms its statistics, as a running service
-would be). Global settings are then chosen the same way over all classes. Regret is reported against the
-per-request oracle: the best fixed configuration for each request, chosen knowing its outcome.
+Coordinate descent over the controller's class settings (confidence threshold, draft caps, which lookup proposals
+to trust, which drafters to use) maximises the simulated throughput of training traces, replayed twice through one
+estimator (the first pass warms its statistics, as a running service would be): first one shared setting over all
+classes, then, per class, departures from it that gain more than ``CLASS_MARGIN`` on the class's own traces.
+Global settings are then chosen the same way over all classes. Regret is reported against the per-request oracle:
+the best fixed configuration for each request, chosen knowing its outcome.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def grid_for(cost: CostModel) -> dict[str, list]:
         if name != "model":
             grid.update({f"drafters.{name}.{key}": values for key, values in DRAFTER_GRID.items()})
     return grid
+
+
 CLASS_MARGIN = 0.03  # a class departs from the shared setting only for a larger relative gain on its traces
 
 GLOBAL_GRID: dict[str, list] = {
