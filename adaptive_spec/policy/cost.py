@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import statistics
 from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -62,23 +61,34 @@ class CostTable(BaseModel):
     def despiked(self, tolerance: float = 0.25) -> tuple["CostTable", int]:
         """This table with isolated upward spikes along the token axis replaced, and how many were.
 
-        A forward that a preemption or a page-fault burst slowed is a spike: far above its neighbours in the same
-        row. The controller trusts the table literally, so one spiked plain step at a long context makes every
-        round there look cheap next to it. A value more than ``tolerance`` above the median of itself and its two
-        nearest neighbours becomes that median; genuine shape (a 1-token forward slower than a 4-token one on a
-        packed CPU kernel, ~10-20%) stays.
+        A forward that a preemption or a page-fault burst slowed is a spike: far above what its neighbours in the
+        same row predict. The controller trusts the table literally, so one spiked plain step at a long context
+        makes every round there look cheap next to it. A value more than ``tolerance`` above its reference becomes
+        the reference: inside a row, the line between its neighbours (so cost growing with tokens, as on a
+        compute-bound device, is no spike); the first point, the second one's value (fewer tokens do not cost
+        more); the last point, the line through the two before it. Genuine shape stays (a 1-token forward ~10-20%
+        slower than a 4-token one on a packed CPU kernel).
         """
         rows, replaced = [], 0
+        xs = self.tokens
         for row in self.seconds:
             out = list(row)
             if len(row) >= 3:
                 for i, value in enumerate(row):
-                    lo = min(max(i - 1, 0), len(row) - 3)
-                    local = statistics.median(row[lo : lo + 3])
-                    if value > local * (1 + tolerance):
-                        out[i], replaced = local, replaced + 1
+                    if i == 0:
+                        reference = row[1]
+                    elif i == len(row) - 1:
+                        reference = max(out[i - 1], _line(xs[i - 2], out[i - 2], xs[i - 1], out[i - 1], xs[i]))
+                    else:
+                        reference = _line(xs[i - 1], out[i - 1], xs[i + 1], row[i + 1], xs[i])
+                    if value > reference * (1 + tolerance):
+                        out[i], replaced = reference, replaced + 1
             rows.append(out)
         return CostTable(tokens=self.tokens, contexts=self.contexts, seconds=rows), replaced  # a fresh memo
+
+
+def _line(x0: float, y0: float, x1: float, y1: float, x: float) -> float:
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
