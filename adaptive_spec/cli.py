@@ -360,7 +360,7 @@ def train_policy(
     classifier_prompts: Annotated[Optional[Path], typer.Option(
         help="more labelled prompts (JSONL prompt/class) for the classifier; held-out prompts are excluded")] = None,
 ) -> None:
-    """Fit a shared and per-class controller settings (and the prompt classifier) by exact replay; report regret."""
+    """Fit shared and per-class controller settings (and the prompt classifier) by exact replay; report regret."""
     from rich.table import Table
 
     from .policy.file import PolicyFile, load_policy_file
