@@ -51,7 +51,7 @@ class CostTable(BaseModel):
         else:  # bilinear: only the two context rows around ``context`` matter
             i = min(max(bisect.bisect_right(xs, context) - 1, 0), len(xs) - 2)
             y0, y1 = _interp(self.tokens, self.seconds[i], n), _interp(self.tokens, self.seconds[i + 1], n)
-            value = y0 + (y1 - y0) * (context - xs[i]) / (xs[i + 1] - xs[i])
+            value = _line(xs[i], y0, xs[i + 1], y1, context)
         value = max(value, 1e-6)
         if len(self._memo) >= 4096:
             self._memo.clear()
@@ -88,6 +88,7 @@ class CostTable(BaseModel):
 
 
 def _line(x0: float, y0: float, x1: float, y1: float, x: float) -> float:
+    """The line through (x0, y0) and (x1, y1) at x: interpolation between two points, extrapolation past them."""
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
@@ -95,8 +96,7 @@ def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     if len(xs) == 1:
         return ys[0]
     i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)
-    x0, x1 = xs[i], xs[i + 1]
-    return ys[i] + (ys[i + 1] - ys[i]) * (x - x0) / (x1 - x0)
+    return _line(xs[i], ys[i], xs[i + 1], ys[i + 1], x)
 
 
 class CostModel(BaseModel):
