@@ -165,7 +165,7 @@ def _run_generate(config, target, draft, pair: str, dtype: str, threads: int | N
     engine = SpeculativeEngine(models.target, standard_drafters(models.target, models.draft))
     # 3. generate, streaming
     decide = fixed(drafter, config.k, config.threshold) if drafter else (lambda state: PLAIN_STEP)
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    generator = torch.Generator(device=engine.device).manual_seed(config.seed) if config.seed is not None else None
     stop = StopRule(config.max_new_tokens, eos_ids(tokenizer, models.target), config.stop, tokenizer)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     out = engine.generate(ids, decide, stop=stop, sampling=config.sampling(), generator=generator, streamer=streamer)

@@ -139,3 +139,13 @@ def test_a_seed_reproduces_the_output(models):
         for _ in range(2)
     ]
     assert outs[0] == outs[1]
+
+
+def test_a_generator_on_another_device_type_is_refused_up_front():
+    """A CPU generator cannot drive draws on a CUDA model (torch fails mid-request); the engine says so first."""
+    from adaptive_spec.engine.loop import _check_generator
+
+    with pytest.raises(ValueError, match="generator is on cpu but the models on cuda"):
+        _check_generator(torch.Generator(), torch.device("cuda"))
+    _check_generator(torch.Generator(), torch.device("cpu"))
+    _check_generator(None, torch.device("cuda"))

@@ -153,6 +153,7 @@ class SpeculativeEngine:
     ) -> GenerationResult:
         """Generate after ``input_ids`` ([L] or [1, L]); ``decide`` is asked before every round."""
         start = time.perf_counter()
+        _check_generator(generator, self.device)
         prompt = _as_prompt(input_ids, self.device)
         self.target.reset()
         for drafter in self.drafters.values():
@@ -268,6 +269,13 @@ class SpeculativeEngine:
             known = ", ".join(sorted(self.drafters)) or "none"
             raise ValueError(f"decision names unknown drafter {decision.drafter!r} (known: {known})")
         return k
+
+
+def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    """Sampling draws on the models' device, which needs a generator of that device type (fail before any work)."""
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device.type} but the models on {device.type}: "
+                         f"create it with torch.Generator(device={str(device)!r})")  # fmt: skip
 
 
 def _as_prompt(input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
