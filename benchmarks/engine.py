@@ -74,12 +74,17 @@ def _restrided(x: torch.Tensor) -> torch.Tensor:
 
 
 class ForwardCounter:
-    def __init__(self, model):
-        self.calls = 0
-        model.register_forward_pre_hook(self._count)
+    """Counts the target's forwards and the tokens fed to them (HF passes input_ids as a keyword)."""
 
-    def _count(self, module, args):
+    def __init__(self, model):
+        self.calls = self.tokens = 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
         self.calls += 1
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self.tokens += ids.shape[-1]
 
 
 def pick_prompts(per_category: int, skip: int) -> list:
@@ -87,7 +92,9 @@ def pick_prompts(per_category: int, skip: int) -> list:
     by_class = defaultdict(list)
     for row in rows:
         by_class[row.request_class].append(row)
-    return [r for cls in sorted(by_class) for r in by_class[cls][skip : skip + per_category]]
+    # round-robin over categories, so a run cut short still covers every category about equally
+    return [by_class[cls][skip + i] for i in range(per_category) for cls in sorted(by_class)
+            if skip + i < len(by_class[cls])]  # fmt: skip
 
 
 def main() -> None:
@@ -98,7 +105,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "engine")
     parser.add_argument("--drop", default="", help="comma-separated configurations to leave out (shorter runs)")
+    parser.add_argument("--resummarize", type=Path, help="rewrite the summary and markdown of a saved run's JSON")
     args = parser.parse_args()
+    if args.resummarize:
+        return resummarize(args.resummarize)
     dropped = {name.strip() for name in args.drop.split(",") if name.strip()}
 
     configure_threads(args.threads)
@@ -175,18 +185,20 @@ def main() -> None:
         order = names[p % len(names) :] + names[: p % len(names)]
         outputs = {}
         for name in order:
-            counter.calls = 0
+            counter.calls = counter.tokens = 0
             start = time.perf_counter()
             sequence, result = configs[name](ids)
             seconds = time.perf_counter() - start
             new = sequence[ids.shape[1] :].tolist()
             forwards = counter.calls
-            rounds = forwards - 1  # the prefill makes the first token
+            rounds = _rounds(forwards, ours=result is not None)
             record = {
                 "prompt": p, "class": row.request_class, "config": name, "tokens": len(new), "seconds": seconds,
                 "tokens_per_s": len(new) / seconds, "target_forwards": forwards,
                 "target_forwards_per_token": forwards / max(len(new), 1),
-                "accepted_per_round": (len(new) - 1 - rounds) / rounds if rounds > 0 else 0.0,
+                # tokens the target was fed beyond the prompt: verified proposals, rejected ones included
+                "target_tokens_fed_beyond_prompt": counter.tokens - ids.shape[1],
+                "accepted_per_round": _accepted_per_round(len(new), rounds, ours=result is not None),
                 "output_sha": hashlib.sha1(json.dumps(new).encode()).hexdigest()[:12],
             }  # fmt: skip
             if result is not None:
@@ -199,14 +211,42 @@ def main() -> None:
         reference = outputs[reference_name]
         for r in rows[-len(names) :]:
             r["diverged"] = outputs[r["config"]] != reference
-    summary = summarize(rows, names)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"per_category": args.per_category, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-            "dtype": "bfloat16", "prompts": len(prompts), "torch": torch.__version__, "dropped": sorted(dropped),
-            "divergence_reference": reference_name}  # fmt: skip
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(summary, meta))
+        # rewritten after every prompt: a run of hours cut short still leaves its finished prompts
+        meta = {"per_category": args.per_category, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+                "dtype": "bfloat16", "prompts": len(prompts), "prompts_done": p + 1, "torch": torch.__version__,
+                "dropped": sorted(dropped), "divergence_reference": reference_name}  # fmt: skip
+        summary = summarize(rows, names)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
+        args.out.with_suffix(".md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
+
+
+def resummarize(path: Path) -> None:
+    """Recompute the per-run derived figures and the summary of a saved run (e.g. after a fix to their formulas)."""
+    saved = json.loads(path.read_text())
+    rows = saved["runs"]
+    for r in rows:
+        ours = r["config"].startswith("ours")
+        r["accepted_per_round"] = _accepted_per_round(r["tokens"], _rounds(r["target_forwards"], ours), ours)
+    names = list(dict.fromkeys(r["config"] for r in rows))
+    saved["summary"] = summarize(rows, names)
+    path.write_text(json.dumps(saved, indent=1))
+    path.with_suffix(".md").write_text(markdown(saved["summary"], saved["meta"]))
+    print(markdown(saved["summary"], saved["meta"]))
+
+
+def _rounds(forwards: int, ours: bool) -> int:
+    """Verification rounds: this engine's prefill is a forward of its own that makes the first token; HF's
+    assisted generation and prompt lookup verify their first proposals inside the prompt's forward."""
+    return forwards - 1 if ours else forwards
+
+
+def _accepted_per_round(tokens: int, rounds: int, ours: bool) -> float:
+    """Each round adds its accepted proposals plus one target token (ours: the prefill's token comes first)."""
+    if rounds <= 0:
+        return 0.0
+    return (tokens - (1 if ours else 0) - rounds) / rounds
 
 
 def summarize(rows: list[dict], names: list[str]) -> dict:
@@ -257,6 +297,8 @@ def markdown(summary: dict, meta: dict) -> str:
         f"`python benchmarks/engine.py --per-category {meta['per_category']} --max-new-tokens {meta['max_new_tokens']}"
         + (f" --drop '{','.join(meta['dropped'])}'" if meta.get("dropped") else "") + "`.",
         "",
+        *([f"Partial: {meta['prompts_done']} of {meta['prompts']} prompts finished.", ""]
+          if meta.get("prompts_done", meta["prompts"]) < meta["prompts"] else []),
         "| config | " + " | ".join(classes) + " |",
         "|---|" + "---|" * len(classes),
     ]
