@@ -269,19 +269,19 @@ def summarize(rows: list[dict], names: list[str]) -> dict:
     per_prompt = defaultdict(dict)
     for r in rows:
         per_prompt[r["prompt"]][r["config"]] = r
+    pairs = {f"k={k}": (f"ours model k={k}", f"hf assisted k={k}") for k in (2, 4, 6)}
+    pairs["lookup"] = ("ours lookup k=10", "hf prompt lookup")
     ratios = {}
-    for k in (2, 4, 6):
-        ours, theirs = f"ours model k={k}", f"hf assisted k={k}"
-        values = [pp[ours]["tokens_per_s"] / pp[theirs]["tokens_per_s"] for pp in per_prompt.values()]
-        ratios[f"k={k}"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    values = [pp["ours lookup k=10"]["tokens_per_s"] / pp["hf prompt lookup"]["tokens_per_s"] for pp in per_prompt.values()]
-    ratios["lookup"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    for label, (ours, theirs) in pairs.items():
+        if ours in names and theirs in names:  # a shortened run (--drop) may leave out either side
+            values = [pp[ours]["tokens_per_s"] / pp[theirs]["tokens_per_s"] for pp in per_prompt.values()]
+            ratios[label] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     outside = [r["outside_forwards_share"] for r in rows if "outside_forwards_share" in r]
     return {
         "table": table,
         "ours_vs_hf_ratio": ratios,
         "outside_forwards_share": {"median": statistics.median(outside), "max": max(outside),
-                                   "mean": statistics.mean(outside)},  # fmt: skip
+                                   "mean": statistics.mean(outside)} if outside else None,  # fmt: skip
     }
 
 
@@ -315,8 +315,9 @@ def markdown(summary: dict, meta: dict) -> str:
     for k, r in summary["ours_vs_hf_ratio"].items():
         lines.append(f"- {k}: median {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f})")
     o = summary["outside_forwards_share"]
-    lines += ["", f"Time outside model forwards in this engine: median {o['median'] * 100:.2f}%, "
-              f"mean {o['mean'] * 100:.2f}%, max {o['max'] * 100:.2f}% of wall time."]  # fmt: skip
+    if o:
+        lines += ["", f"Time outside model forwards in this engine: median {o['median'] * 100:.2f}%, "
+                  f"mean {o['mean'] * 100:.2f}%, max {o['max'] * 100:.2f}% of wall time."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
