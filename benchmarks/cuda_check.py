@@ -52,7 +52,7 @@ from adaptive_spec.engine import (  # noqa: E402
     fixed,
 )
 from tests.test_engine_sampling import NEW, PROMPT, VOCAB, chi_square_pvalue, exact_joint  # noqa: E402
-from tests.tiny import noisy_copy, tiny_model  # noqa: E402
+from tests.tiny import noisy_copy, tiny_model, tiny_pair  # noqa: E402
 
 DEVICE = torch.device("cuda")
 PROMPTS = [[5, 17, 42, 9, 3, 17, 42, 9, 77, 5, 17], [100, 101, 102, 103, 100, 101], list(range(20, 60))]
@@ -83,9 +83,9 @@ def reference(target, prompt, n):
 
 
 def greedy_tiny() -> dict:
-    target = tiny_model(0).to(DEVICE)
-    draft = noisy_copy(tiny_model(0), 0.3, seed=1).to(DEVICE)
-    padded = noisy_copy(tiny_model(0), 0.3, seed=2, vocab_size=160).to(DEVICE)  # draft vocab 160 > target's 128
+    target, draft = tiny_pair()
+    padded = noisy_copy(target, 0.3, seed=2, vocab_size=160).to(DEVICE)  # draft vocab 160 > target's 128
+    target, draft = target.to(DEVICE), draft.to(DEVICE)
     lookup = PromptLookupDrafter()
     engine = SpeculativeEngine(target, [ModelDrafter(draft), lookup, FallbackDrafter(lookup, ModelDrafter(draft, "m2"),
                                name="hybrid"), ModelDrafter(padded, "padded")])  # fmt: skip
@@ -221,8 +221,7 @@ def policy_stack() -> dict:
     from adaptive_spec.policy.controller import ClassSettings, DraftSettings
     from tests.test_generator import tiny_policy
 
-    target = tiny_model(0).to(DEVICE)
-    draft = noisy_copy(tiny_model(0), 0.3, seed=1).to(DEVICE)
+    target, draft = (model.to(DEVICE) for model in tiny_pair())
     policy = policy_from_file(tiny_policy(0.2, probe_every=1, probe_k=2, hysteresis=0.0,
                                           default=ClassSettings(model=DraftSettings(threshold=0.3, max_k=6))))  # fmt: skip
     gen = AdaptiveGenerator(target, draft, policy=policy)

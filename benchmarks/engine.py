@@ -191,16 +191,15 @@ def main() -> None:
             seconds = time.perf_counter() - start
             new = sequence[ids.shape[1] :].tolist()
             forwards = counter.calls
-            rounds = _rounds(forwards, ours=result is not None)
             record = {
                 "prompt": p, "class": row.request_class, "config": name, "tokens": len(new), "seconds": seconds,
                 "tokens_per_s": len(new) / seconds, "target_forwards": forwards,
                 "target_forwards_per_token": forwards / max(len(new), 1),
                 # tokens the target was fed beyond the prompt: verified proposals, rejected ones included
                 "target_tokens_fed_beyond_prompt": counter.tokens - ids.shape[1],
-                "accepted_per_round": _accepted_per_round(len(new), rounds, ours=result is not None),
                 "output_sha": hashlib.sha1(json.dumps(new).encode()).hexdigest()[:12],
             }  # fmt: skip
+            record["accepted_per_round"] = _accepted_per_round(record)
             if result is not None:
                 record["outside_forwards_share"] = 1 - result.forward_s / result.total_s
                 record["alpha"] = result.alpha if result.proposed else None
@@ -227,8 +226,7 @@ def resummarize(path: Path) -> None:
     saved = json.loads(path.read_text())
     rows = saved["runs"]
     for r in rows:
-        ours = r["config"].startswith("ours")
-        r["accepted_per_round"] = _accepted_per_round(r["tokens"], _rounds(r["target_forwards"], ours), ours)
+        r["accepted_per_round"] = _accepted_per_round(r)
     names = list(dict.fromkeys(r["config"] for r in rows))
     saved["summary"] = summarize(rows, names)
     path.write_text(json.dumps(saved, indent=1))
@@ -236,17 +234,15 @@ def resummarize(path: Path) -> None:
     print(markdown(saved["summary"], saved["meta"]))
 
 
-def _rounds(forwards: int, ours: bool) -> int:
-    """Verification rounds: this engine's prefill is a forward of its own that makes the first token; HF's
-    assisted generation and prompt lookup verify their first proposals inside the prompt's forward."""
-    return forwards - 1 if ours else forwards
+def _accepted_per_round(record: dict) -> float:
+    """Mean accepted proposals per round of one run: each round adds its accepted proposals plus one target token.
 
-
-def _accepted_per_round(tokens: int, rounds: int, ours: bool) -> float:
-    """Each round adds its accepted proposals plus one target token (ours: the prefill's token comes first)."""
-    if rounds <= 0:
-        return 0.0
-    return (tokens - (1 if ours else 0) - rounds) / rounds
+    This engine's prefill is a forward of its own that makes the first token; HF's assisted generation and prompt
+    lookup verify their first proposals inside the prompt's forward, so every HF forward is a round.
+    """
+    prefill = 1 if record["config"].startswith("ours") else 0
+    rounds = record["target_forwards"] - prefill
+    return (record["tokens"] - prefill - rounds) / rounds if rounds > 0 else 0.0
 
 
 def summarize(rows: list[dict], names: list[str]) -> dict:
