@@ -56,22 +56,33 @@ FIXED = PLAIN_FIXED + [
 
 
 class Timed:
-    """Wraps a policy to time its decide() calls (microseconds)."""
+    """Wraps a policy to time its sessions' decide() and on_round() calls (microseconds).
+
+    ``samples``: every decide(); ``decisions``: (round index in its request, drafter chosen) per sample;
+    ``on_round_samples``: every on_round() (the controller's per-round learning, also between forwards)."""
 
     def __init__(self, inner):
-        self.inner, self.name, self.samples = inner, inner.name, []
+        self.inner, self.name = inner, inner.name
+        self.samples, self.decisions, self.on_round_samples = [], [], []
 
     def start(self, request):
         session = self.inner.start(request)
-        decide = session.decide
+        decide, on_round = session.decide, session.on_round
 
-        def timed(state):
+        def timed_decide(state):
             t0 = time.perf_counter()
             decision = decide(state)
             self.samples.append((time.perf_counter() - t0) * 1e6)
+            self.decisions.append((len(self.decisions) - start_index, decision.drafter))
             return decision
 
-        session.decide = timed
+        def timed_on_round(record):
+            t0 = time.perf_counter()
+            on_round(record)
+            self.on_round_samples.append((time.perf_counter() - t0) * 1e6)
+
+        start_index = len(self.decisions)
+        session.decide, session.on_round = timed_decide, timed_on_round
         return session
 
 

@@ -139,10 +139,16 @@ def test_lookup_index_matches_brute_force():
     rng = random.Random(0)
     for _ in range(50):
         seq = [rng.randrange(6) for _ in range(rng.randrange(1, 60))]
-        index = LookupIndex()
-        for end in range(1, len(seq) + 1):
+        max_n = rng.randrange(1, 5)
+        min_n = rng.randrange(1, max_n + 1)
+        index = LookupIndex(max_n, min_n)
+        end = 0
+        while end < len(seq):
+            end = min(len(seq), end + rng.randrange(1, 4))  # a round appends one to a few tokens
             index.extend(seq[len(index.tokens) : end])
-            assert index.propose(5) == brute(seq[:end], 5)
+            proposal, n = brute(seq[:end], 5, max_n, min_n)
+            assert index.propose(5) == (proposal, n)
+            assert index.proposal_length(5) == (len(proposal), n)  # what the controller asks, without the list
 
 
 class CharTokenizer:

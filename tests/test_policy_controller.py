@@ -119,6 +119,33 @@ def test_lookup_is_used_when_the_context_repeats():
     assert decision.drafter == "lookup" and decision.k >= 4
 
 
+@pytest.mark.parametrize("given", ["matching", "other", "none"])
+def test_prompt_indexed_at_start_decides_like_indexing_in_rounds(given):
+    """The session indexes the request's prompt for lookup when it starts; a prompt that is not what the engine
+    then runs on (a caller's mistake) is dropped at the first round, never used."""
+    rng = random.Random(1)
+    prompt = [rng.randrange(20) for _ in range(60)]
+    first = rng.randrange(20)
+    ids = {"matching": torch.tensor([prompt]), "other": torch.tensor([[99] * 60]), "none": None}[given]
+    decisions = {}
+    for name, prompt_ids in (("reference", None), (given, ids)):
+        p = policy()
+        for _ in range(30):
+            p.estimator.observe("sum", RoundRecord("lookup.n3", 8, 8, 6, 7, 100, 1e-4, 0.13))
+        session = p.start(RequestInfo(prompt_ids=prompt_ids, request_class="sum"))
+        tokens, made = list(prompt) + [first], []
+        rng_round = random.Random(2)
+        for i in range(40):
+            d = session.decide(RoundState(i, 100, torch.tensor(tokens), None, list(tokens)))
+            made.append((d.drafter, d.k))
+            accepted = rng_round.randint(0, d.k)
+            session.on_round(RoundRecord(d.drafter, d.k, d.k, accepted, accepted + 1, len(tokens), 1e-4, 0.13))
+            tokens += [rng_round.randrange(20) for _ in range(accepted + 1)]
+        decisions[name] = made
+    assert decisions[given] == decisions["reference"]
+    assert any(drafter == "lookup" for drafter, _ in decisions["reference"])
+
+
 def test_explicit_class_wins_over_classifier():
     class Fixed:
         def predict_one(self, prompt):
@@ -175,3 +202,20 @@ def test_a_profiled_prior_belongs_to_its_own_drafter():
 def test_bad_profiled_priors_are_rejected(fields, message):
     with pytest.raises(ValueError, match=message):
         DraftSettings(**fields)
+
+
+def test_round_cost_tables_match_the_cost_model():
+    """What a decision reads from its per-context tables is what the cost model says, catch-up included."""
+    from adaptive_spec.policy.controller import _RoundCosts
+
+    cost = cost_model()
+    for context in (100, 777, 3000):
+        costs = _RoundCosts.at(cost, context, 64, amortize=4.0)
+        assert list(costs.verify[1:]) == [cost.verify_s(n, context) for n in range(1, 66)]
+        for proposed in (1, 3, 8):
+            for catchup in (1, 2, 5, 40, 64, 65, 200):
+                first = cost.draft_s(1, context, catchup)
+                if catchup > 2:  # a long catch-up is a one-off, spread over `amortize` rounds
+                    first = cost.draft_s(1, context) + (first - cost.draft_s(1, context)) / 4.0
+                expected = first + (proposed - 1) * cost.draft_s(1, context) + cost.verify_s(proposed + 1, context)
+                assert costs.model_round("model", proposed, catchup) == pytest.approx(expected, rel=1e-12)

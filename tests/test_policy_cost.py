@@ -89,3 +89,13 @@ def test_calibrate_pair_measures_the_engine_round_overhead_too(pair):
     target, draft = pair
     cost = calibrate_pair(target, draft, "tiny", "float32", reps=1)
     assert cost.drafts and 0 <= cost.round_overhead_s < 1.0 and cost.round_overhead_s != 1e-3  # measured, not default
+
+
+def test_a_row_at_one_context_prices_like_the_table():
+    """The controller interpolates a row once per context and reads many token counts from it: same numbers."""
+    table = CostTable(tokens=[1, 4, 8, 17], contexts=[100, 600, 2000],
+                      seconds=[[0.1, 0.11, 0.13, 0.16], [0.11, 0.12, 0.14, 0.18], [0.12, 0.13, 0.15, 0.19]])  # fmt: skip
+    for context in (50, 100, 350, 600, 1999, 5000):
+        row = table.row_at(context)
+        for n in (1, 2, 3, 4, 7, 8, 16, 17, 40):
+            assert table.row_value(row, n) == table(n, context)

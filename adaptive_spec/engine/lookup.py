@@ -26,20 +26,36 @@ class LookupIndex:
 
     def extend(self, tokens: Sequence[int]) -> None:
         """Append tokens to the context and index the n-grams that end in them."""
+        seq, first = self.tokens, self.first
+        lo, hi = self.min_ngram, self.max_ngram
+        for token in tokens:
+            seq.append(token)
+            end = len(seq)
+            tail = tuple(seq[max(0, end - hi) :])  # the longest n-gram ending here; shorter ones are its suffixes
+            for n in range(lo, min(hi, end) + 1):
+                first.setdefault(tail[-n:], end - n)
+
+    def _match(self) -> tuple[int, int]:
+        """(start, n) of the first earlier occurrence of the longest matching suffix; (-1, 0) if none."""
         seq = self.tokens
-        old = len(seq)
-        seq.extend(tokens)
-        first = self.first
-        for end in range(old + 1, len(seq) + 1):
-            for n in range(self.min_ngram, min(self.max_ngram, end) + 1):
-                first.setdefault(tuple(seq[end - n : end]), end - n)
+        length = len(seq)
+        tail = tuple(seq[max(0, length - self.max_ngram) :])
+        for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
+            start = self.first.get(tail[-n:])
+            if start is not None and start < length - n:
+                return start, n
+        return -1, 0
 
     def propose(self, k: int) -> tuple[list[int], int]:
         """Up to k tokens that followed the first earlier occurrence of the longest matching suffix, and its n."""
-        seq = self.tokens
-        length = len(seq)
-        for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
-            start = self.first.get(tuple(seq[length - n :]))
-            if start is not None and start < length - n:
-                return seq[start + n : start + n + k], n
-        return [], 0
+        start, n = self._match()
+        if n == 0:
+            return [], 0
+        return self.tokens[start + n : start + n + k], n
+
+    def proposal_length(self, k: int) -> tuple[int, int]:
+        """``len(propose(k)[0])`` and its n, without building the proposal (the controller needs only these)."""
+        start, n = self._match()
+        if n == 0:
+            return 0, 0
+        return min(k, len(self.tokens) - start - n), n

@@ -21,23 +21,27 @@ arithmetic on cached numbers.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..engine import NO_DRAFTER, Decision, RoundState
+from ..engine import NO_DRAFTER, PLAIN_STEP, Decision, RoundState
 from ..engine.lookup import LookupIndex
 from ..logs import get_logger
 from ..records import RoundRecord
 from ..stats import AlphaEstimator, Estimate
 from .base import RequestInfo, RequestReport
-from .cost import CostModel
+from .cost import CostModel, CostTable
 
 log = get_logger("adaptive_spec.policy")
 
 MODEL = "model"
 LOOKUP = "lookup"
 STREAK = "lookup.streak"
+
+
+_LOOKUP_DECISIONS = tuple(Decision(LOOKUP, k) for k in range(65))  # shared, frozen: no allocation per round
 
 
 def lookup_key(ngram: int, streak: bool) -> str:
@@ -104,33 +108,49 @@ class ControllerConfig(BaseModel):
 
 @dataclasses.dataclass
 class _RoundCosts:
-    """Round costs at one context length, tabulated so a decision is a few lookups (no pydantic access per round)."""
+    """Round costs at one context length, tabulated so a decision is a few lookups (no pydantic access per round).
+
+    A decision runs right after a target forward has flushed the CPU caches, so what it touches matters more than
+    what it computes: flat float arrays (a list of floats is one heap object per number), no calls into the
+    pydantic cost model between refreshes."""
 
     context: int
-    verify: list[float]  # [n] seconds for a target forward over n tokens (index 0 unused)
+    verify: array  # [n] seconds for a target forward over n tokens (index 0 unused)
+    lookup_round: array  # [k] seconds for a lookup round proposing k tokens (index 0 unused)
     draft_step: dict[str, float]  # per model-type drafter: one single-token step
-    lookup: float
-    cost: CostModel
-    first: dict[tuple[str, int], float]  # (drafter, catch-up tokens) -> the round's first draft forward
+    # per model-type drafter, by catch-up tokens c: the round's first draft forward, which feeds every token the
+    # drafter has not seen yet; beyond 2 tokens a one-off, spread over ``amortize`` rounds
+    first_draft: dict[str, array]
+    catchup_rows: dict[str, tuple[CostTable, list[float]]]  # per drafter: its table and row at `context`
+    step_overhead: float
+    amortize: float
 
     @classmethod
-    def at(cls, cost: CostModel, context: int, max_k: int) -> _RoundCosts:
-        verify = [0.0] + [cost.verify_s(n, context) for n in range(1, max_k + 2)]
+    def at(cls, cost: CostModel, context: int, max_k: int, amortize: float) -> _RoundCosts:
+        target, row = cost.target, cost.target.row_at(context)  # = cost.verify_s(n, context), one row for all n
+        verify = array("d", [0.0] + [target.row_value(row, n) + cost.round_overhead_s for n in range(1, max_k + 2)])
+        lookup_round = array("d", [0.0] + [cost.lookup_s + verify[n + 1] for n in range(1, max_k + 1)])
         steps = {name: cost.draft_s(1, context, 1, name) for name in cost.drafts}
-        first = {(name, 1): step for name, step in steps.items()}  # catching up on 1 token is a plain step
-        first.update({(name, 2): cost.draft_s(1, context, 2, name) for name in cost.drafts})
-        return cls(context, verify, steps, cost.lookup_s, cost, first)
+        rows = {name: (table, table.row_at(context)) for name, table in cost.drafts.items()}
+        costs = cls(context, verify, lookup_round, steps, {}, rows, cost.draft_step_overhead_s, amortize)
+        costs.first_draft = {name: array("d", [costs._first_draft(name, c) for c in range(max_k + 1)])
+                             for name in steps}  # fmt: skip
+        return costs
 
-    def model_round(self, drafter: str, proposed: float, catchup: int, amortize: float) -> float:
-        """A model-type round's time; a catch-up beyond 2 tokens is a one-off, spread over ``amortize`` rounds."""
+    def _first_draft(self, drafter: str, catchup: int) -> float:
         step = self.draft_step[drafter]
-        n = min(max(1, round(proposed)), len(self.verify) - 2)
-        first = self.first.get((drafter, catchup))
-        if first is None:
-            first = self.first[(drafter, catchup)] = self.cost.draft_s(1, self.context, catchup, drafter)
-        if catchup > 2:
-            first = step + (first - step) / amortize
-        return first + (n - 1) * step + self.verify[n + 1]
+        if catchup <= 1:
+            return step
+        table, row = self.catchup_rows[drafter]
+        first = table.row_value(row, catchup) + self.step_overhead  # = CostModel.draft_s(1, context, catchup)
+        return first if catchup == 2 else step + (first - step) / self.amortize
+
+    def model_round(self, drafter: str, proposed: float, catchup: int) -> float:
+        """A model-type round's time: its first draft forward (catching up), proposed - 1 steps, the verify."""
+        verify, firsts = self.verify, self.first_draft[drafter]
+        n = min(max(1, round(proposed)), len(verify) - 2)
+        first = firsts[catchup] if catchup < len(firsts) else self._first_draft(drafter, catchup)
+        return first + (n - 1) * self.draft_step[drafter] + verify[n + 1]
 
 
 class AdaptivePolicy:
@@ -164,6 +184,19 @@ class AdaptivePolicy:
         return AdaptiveSession(self, request, request_class, source)
 
 
+class _ModelDrafter:
+    """One model-type drafter's state in one request, in one small object: a round reads it whole."""
+
+    __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len")
+
+    def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float]):
+        self.name, self.decision = name, decision
+        # the class's side of the blend, fixed for the request: weight x accepted, weight x proposed, weight
+        self.class_accepted, self.class_proposed, self.weight = class_side
+        self.on = True
+        self.true_len = 0  # context tokens this drafter's cache holds
+
+
 class AdaptiveSession:
     """One request's state: its own counts, the class estimates read at its start, each model drafter's on/off."""
 
@@ -178,13 +211,14 @@ class AdaptiveSession:
         est = policy.estimator
         self.requests = est.new_request()
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
+        cap = self.max_k or 64
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
-        self.model_blend = {d: self._class_side(d, est.estimate(request_class, d)) for d in self.drafters}
-        self.lookup_blend: dict[str, tuple[list[float], list[float]]] = {}
+        self.models = {d: _ModelDrafter(d, Decision(d, min(self.settings.for_drafter(d).max_k, cap),
+                                                    self.settings.for_drafter(d).threshold),
+                                        self._class_side(d, est.estimate(request_class, d))) for d in self.drafters}  # fmt: skip
+        self.lookup_blend: dict[str, tuple[array, array]] = {}
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
-        self.on = {d: True for d in self.drafters}
-        self.true_len = {d: 0 for d in self.drafters}  # context tokens each drafter's cache holds
         self.plain_since_model = 0
         self.probe_turn = 0
         self.last_lookup_full = False
@@ -192,52 +226,69 @@ class AdaptiveSession:
         self.report = RequestReport(request_class, class_source)
         self.predicted_s = 0.0
         self.plain_equivalent_s = 0.0
+        # the knobs a round reads, as plain values (pydantic attribute access is slow once the caches are cold)
+        self.use_lookup = self.settings.use_lookup and self.mode != "off"
+        self.lookup_k = min(self.settings.lookup_max_k, cap)
+        self.lookup_min_ngram = self.settings.lookup_min_ngram
+        self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
+        self.catchup_amortize, self.refresh_tokens = config.catchup_amortize, config.refresh_tokens
+        self.checked_prompt = True
+        if self.use_lookup:  # the class's side of every kind of lookup proposal, read now rather than mid-request
+            kinds = range(self.lookup.min_ngram, self.lookup.max_ngram + 1)
+            for key in [lookup_key(n, False) for n in kinds] + [STREAK]:
+                self._lookup_class_side(key)
+            if request.prompt_ids is not None:  # index the prompt now, before its prefill, not in the first round
+                self.lookup.extend(request.prompt_ids.reshape(-1).tolist())
+                self.checked_prompt = False
 
     # --- deciding -----------------------------------------------------------------------------------------------
 
     def decide(self, state: RoundState) -> Decision:
         context_len = len(state.tokens) if state.tokens is not None else state.context.numel()
-        if self.costs is None or context_len - self.costs.context >= self.config.refresh_tokens:
-            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64)
+        if self.costs is None or context_len - self.costs.context >= self.refresh_tokens:
+            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.catchup_amortize)
         decision, key = self._choose(state, context_len)
         self.pending_key = key
         return decision
 
     def _choose(self, state: RoundState, context_len: int) -> tuple[Decision, str]:
-        s, costs = self.settings, self.costs
+        costs = self.costs
         plain_rate = 1.0 / costs.verify[1]
         if self.mode == "off":
-            return Decision(), NO_DRAFTER
-        cap = self.max_k or 64
-        best_rate, best = plain_rate, (Decision(), NO_DRAFTER)
-        if self.mode == "on":
-            best_rate = 0.0  # speculate whenever a drafter is available
+            return PLAIN_STEP, NO_DRAFTER
+        forced = self.mode == "on"
+        best_rate, best, best_key = (0.0 if forced else plain_rate), PLAIN_STEP, NO_DRAFTER  # "on": speculate
 
         # prompt lookup: what would it propose here, and how is such a proposal accepted?
-        if s.use_lookup:
-            seen = len(self.lookup.tokens)
-            self.lookup.extend(state.tokens[seen:] if state.tokens is not None else state.context[seen:].tolist())
-            proposal, ngram = self.lookup.propose(min(s.lookup_max_k, cap))
-            if proposal and ngram >= s.lookup_min_ngram:
+        if self.use_lookup:
+            lookup = self.lookup
+            if not self.checked_prompt:  # first round: the engine's context must start with the prompt indexed
+                self.checked_prompt = True
+                tokens = state.tokens if state.tokens is not None else state.context.tolist()
+                if tokens[: len(lookup.tokens)] != lookup.tokens:
+                    lookup.reset()
+            seen = len(lookup.tokens)
+            lookup.extend(state.tokens[seen:] if state.tokens is not None else state.context[seen:].tolist())
+            available, ngram = lookup.proposal_length(self.lookup_k)
+            if available and ngram >= self.lookup_min_ngram:
                 key = lookup_key(ngram, self.last_lookup_full)
-                k, rate = self._best_lookup_k(key, len(proposal))
+                k, rate = self._best_lookup_k(key, available)
                 if rate > best_rate:
-                    best_rate, best = rate, (Decision(LOOKUP, k), key)
+                    best_rate, best, best_key = rate, _LOOKUP_DECISIONS[k], key
 
         # model-type drafters, each switched on/off with hysteresis
-        for name in self.drafters:
-            d = s.for_drafter(name)
-            rate = self._model_rate(name, context_len)
-            switch = (1 - self.config.hysteresis) if self.on[name] else (1 + self.config.hysteresis)
-            self.on[name] = rate > plain_rate * switch or self.mode == "on"
-            if self.on[name] and rate > best_rate:
-                best_rate, best = rate, (Decision(name, min(d.max_k, cap), d.threshold), name)
-        if (best[1] == NO_DRAFTER and self.drafters and not any(self.on.values())
-                and self.plain_since_model >= self.config.probe_every):  # fmt: skip
+        for model in self.models.values():
+            rate = self._model_rate(model, context_len)
+            model.on = on = forced or rate > plain_rate * (self.keep_on if model.on else self.turn_on)
+            if on and rate > best_rate:
+                best_rate, best, best_key = rate, model.decision, model.name
+        if (best_key == NO_DRAFTER and self.drafters and self.plain_since_model >= self.config.probe_every
+                and not any(m.on for m in self.models.values())):  # fmt: skip
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
-            best = (Decision(name, min(self.config.probe_k, cap), s.for_drafter(name).threshold), name)
-        return best
+            cap = self.max_k or 64
+            return Decision(name, min(self.config.probe_k, cap), self.settings.for_drafter(name).threshold), name
+        return best, best_key
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
         """(weight x accepted, weight x proposed, weight) per round: the class (at most prior_weight rounds) or the
@@ -250,16 +301,16 @@ class AdaptiveSession:
             accepted, proposed = self.model_prior(name)
         return weight * accepted, weight * proposed, weight
 
-    def _model_rate(self, name: str, context_len: int) -> float:
-        class_accepted, class_proposed, weight = self.model_blend[name]
-        mine = self.requests.by_drafter.get(name)
+    def _model_rate(self, model: _ModelDrafter, context_len: int) -> float:
+        """Expected tokens per second of a round with this drafter: class and request blended."""
+        mine = self.requests.by_drafter.get(model.name)
         if mine is None:
-            accepted, proposed = class_accepted / weight, class_proposed / weight
+            accepted, proposed = model.class_accepted / model.weight, model.class_proposed / model.weight
         else:
-            accepted = (class_accepted + mine.accepted_tokens) / (weight + mine.rounds)
-            proposed = (class_proposed + mine.draft_tokens) / (weight + mine.rounds)
-        catchup = context_len - min(self.true_len[name], context_len - 1)
-        return (accepted + 1.0) / self.costs.model_round(name, proposed, catchup, self.config.catchup_amortize)
+            accepted = (model.class_accepted + mine.accepted_tokens) / (model.weight + mine.rounds)
+            proposed = (model.class_proposed + mine.draft_tokens) / (model.weight + mine.rounds)
+        catchup = context_len - min(model.true_len, context_len - 1)
+        return (accepted + 1.0) / self.costs.model_round(model.name, proposed, catchup)
 
     def model_prior(self, name: str) -> tuple[float, float]:
         """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one.
@@ -271,7 +322,7 @@ class AdaptiveSession:
             return d.prior_accepted, d.prior_proposed
         return self.config.prior_model_accepted, self.config.prior_model_proposed
 
-    def _lookup_class_side(self, key: str) -> tuple[list[float], list[float]]:
+    def _lookup_class_side(self, key: str) -> tuple[array, array]:
         """Per position: (weight x class mean, weight) for this kind of lookup proposal, read once per request."""
         blend = self.lookup_blend.get(key)
         if blend is None:
@@ -285,7 +336,7 @@ class AdaptiveSession:
                     mean, weight = self.config.prior_lookup_accept, 2.0
                 sums.append(mean * weight)
                 weights.append(weight)
-            blend = self.lookup_blend[key] = (sums, weights)
+            blend = self.lookup_blend[key] = (array("d", sums), array("d", weights))
         return blend
 
     def _best_lookup_k(self, key: str, available: int) -> tuple[int, float]:
@@ -294,18 +345,19 @@ class AdaptiveSession:
         sums, weights = self._lookup_class_side(key)
         mine = self.requests.by_drafter.get(key)
         last = len(sums) - 1
-        verify, lookup = self.costs.verify, self.costs.lookup
-        top = len(verify) - 1
+        round_s = self.costs.lookup_round
         best_k, best_rate = 1, 0.0
         tokens, survive = 1.0, 1.0
-        for k in range(1, available + 1):
-            j = min(k - 1, last)
+        if mine is not None:
+            accepted, tried = mine.accepted, mine.tried
+        for k in range(1, min(available, len(round_s) - 1) + 1):
+            j = k - 1 if k <= last else last
             if mine is None:
                 survive *= sums[j] / weights[j]
             else:
-                survive *= (sums[j] + mine.accepted[j]) / (weights[j] + mine.tried[j])
+                survive *= (sums[j] + accepted[j]) / (weights[j] + tried[j])
             tokens += survive
-            rate = tokens / (lookup + verify[min(k + 1, top)])
+            rate = tokens / round_s[k]
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k, best_rate
@@ -319,9 +371,10 @@ class AdaptiveSession:
             self.last_lookup_full = record.proposed > 0 and record.accepted == record.proposed
         elif record.proposed > 0 or record.k > 0:
             self.last_lookup_full = False
-        if record.drafter in self.true_len:
+        model = self.models.get(record.drafter)
+        if model is not None:
             self.plain_since_model = 0
-            self.true_len[record.drafter] = record.context_len + min(record.proposed - 1, record.accepted)
+            model.true_len = record.context_len + min(record.proposed - 1, record.accepted)
         elif record.k == 0:
             self.plain_since_model += 1
         if key != record.drafter:
@@ -341,7 +394,7 @@ class AdaptiveSession:
         self.policy.estimator.observe_request_end(self.request_class, self.requests)
         r = self.report
         r.extra["estimated_speedup"] = self.plain_equivalent_s / self.predicted_s if self.predicted_s else 1.0
-        r.extra["drafters_on_at_end"] = [d for d, on in self.on.items() if on]
+        r.extra["drafters_on_at_end"] = [m.name for m in self.models.values() if m.on]
         log.info("request_done", request_class=r.request_class, class_source=r.class_source, rounds=r.rounds,
                  alpha=round(r.alpha, 3) if r.proposed else None, decisions=r.decisions,
                  estimated_speedup=round(r.extra["estimated_speedup"], 3))  # fmt: skip

@@ -45,18 +45,25 @@ class CostTable(BaseModel):
         value = self._memo.get(key)
         if value is not None:
             return value
-        xs = self.contexts
-        if len(xs) == 1:
-            value = _interp(self.tokens, self.seconds[0], n)
-        else:  # bilinear: only the two context rows around ``context`` matter
-            i = min(max(bisect.bisect_right(xs, context) - 1, 0), len(xs) - 2)
-            y0, y1 = _interp(self.tokens, self.seconds[i], n), _interp(self.tokens, self.seconds[i + 1], n)
-            value = _line(xs[i], y0, xs[i + 1], y1, context)
-        value = max(value, 1e-6)
+        value = self.row_value(self.row_at(context), n)  # bilinear, in the order the controller's tables use
         if len(self._memo) >= 4096:
             self._memo.clear()
         self._memo[key] = value
         return value
+
+    def row_at(self, context: int) -> list[float]:
+        """Forward time by tokens fed (the ``tokens`` columns) after ``context`` cached tokens: the two measured
+        rows around it, interpolated linearly in context (extrapolated beyond the first or last)."""
+        xs = self.contexts
+        if len(xs) == 1:
+            return list(self.seconds[0])
+        i = min(max(bisect.bisect_right(xs, context) - 1, 0), len(xs) - 2)
+        return [_line(xs[i], y0, xs[i + 1], y1, context) for y0, y1 in zip(self.seconds[i], self.seconds[i + 1])]
+
+    def row_value(self, row: Sequence[float], n: int) -> float:
+        """Seconds for ``n`` tokens from a row of ``row_at``: ``table(n, context) == table.row_value(table.row_at(
+        context), n)`` exactly, so a caller pricing many n at one context can interpolate the row once."""
+        return max(_interp(self.tokens, row, n), 1e-6)
 
     def despiked(self, tolerance: float = 0.25) -> tuple["CostTable", int]:
         """This table with isolated upward spikes along the token axis replaced, and how many were.
