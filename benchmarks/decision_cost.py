@@ -111,7 +111,7 @@ def main() -> None:
     _, held_out = split_by_class(read_traces(args.traces, pair_id=policy_file.pair_id), args.held_out, args.seed)
     seen: dict[str, int] = defaultdict(int)
     prompts = []
-    for trace in held_out:  # round-robin over classes, so a cut-short list stays balanced
+    for trace in held_out:  # the first --per-category held-out prompts of each class, run class by class
         if seen[trace.request_class] < args.per_category:
             seen[trace.request_class] += 1
             prompts.append(trace)
