@@ -164,7 +164,7 @@ def test_speculation_off_and_max_k():
 
 
 def test_decision_cost(benchmark=None):
-    """Smoke check of the per-decision path (the timing goal itself is in benchmarks/adaptive.py)."""
+    """Smoke check of the per-decision path (the timing goal itself is in benchmarks/decision_cost.py)."""
     p = policy()
     warm(p.estimator, "code", 0.8)
     session = p.start(RequestInfo(request_class="code"))
