@@ -36,10 +36,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from off_path import ENGINE_PLAIN, HF, measure, off_path_runs  # noqa: E402  (benchmarks/off_path.py)
+from off_path import summarize as off_summary  # noqa: E402
+
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
-from adaptive_spec.policy.controller import ClassSettings, DraftSettings  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
@@ -216,7 +218,7 @@ def main() -> None:
         if p + 1 < len(held_out):  # saved after every prompt: a run cut short keeps what it measured
             save(summarize(rows, names, adaptive_policy.samples, None, sim_fixed), p + 1)
 
-    off = off_path(pair, policy_file, tok, held_out[: args.off_prompts], args.max_new_tokens)
+    off = off_path(pair, policy_file, held_out[: args.off_prompts], args.max_new_tokens)
     summary = summarize(rows, names, adaptive_policy.samples, off, sim_fixed)
     if args.calibrate:
         drift["after"] = cost_summary(fresh_cost(pair))
@@ -281,44 +283,12 @@ class _Result:
         self.num_new_tokens, self.total_s = tokens, seconds
 
 
-def off_path(pair, policy_file, tok, traces, max_new_tokens) -> dict:
-    """A controller that never speculates (every drafter disabled) vs plain decoding, interleaved.
-
-    Plain decoding twice over: this engine with no policy work (a fixed k = 0), and transformers' ``generate``.
-    """
-    off_settings = ClassSettings(model=DraftSettings(enabled=False), use_lookup=False)
-    config = policy_file.controller.model_copy(update={"default": off_settings, "classes": {}})
-    off_policy = policy_from_file(policy_file.model_copy(update={"controller": config}))
-    gen_off = AdaptiveGenerator(pair.target, pair.draft, tok, policy=off_policy)
-    gen_plain = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy())
-
-    def hf(ids):
-        start = time.perf_counter()
-        out = pair.target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                   max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)  # fmt: skip
-        return out.shape[1] - ids.shape[1], time.perf_counter() - start
-
-    def ours(gen):
-        def run(ids):
-            out = gen.generate(ids, max_new_tokens=max_new_tokens).result
-            assert all(r.k == 0 for r in out.records)
-            return out.num_new_tokens, out.total_s
-
-        return run
-
-    runs = {"plain (engine, k=0)": ours(gen_plain), "controller off": ours(gen_off), "hf generate": hf}
-    times, tokens = defaultdict(float), defaultdict(int)
-    names = list(runs)
-    for i, trace in enumerate(traces):
-        ids = torch.tensor([trace.prompt_ids])
-        for name in names[i % 3 :] + names[: i % 3]:
-            n, seconds = runs[name](ids)
-            times[name] += seconds
-            tokens[name] += n
-    tps = {name: tokens[name] / times[name] for name in names}
-    return {"prompts": len(traces), "tokens_per_s": tps,
-            "overhead_vs_engine_plain": tps["plain (engine, k=0)"] / tps["controller off"] - 1,
-            "overhead_vs_hf_generate": tps["hf generate"] / tps["controller off"] - 1}  # fmt: skip
+def off_path(pair, policy_file, traces, max_new_tokens) -> dict:
+    """A controller that never speculates against plain decoding, interleaved (``benchmarks/off_path.py``)."""
+    runs = off_path_runs(pair, policy_file, max_new_tokens)
+    summary = off_summary(measure(runs, [(torch.tensor([t.prompt_ids]), t.prompt, t.request_class) for t in traces]))
+    return {**summary, "overhead_vs_engine_plain": summary["controller_overhead"][ENGINE_PLAIN]["pooled"],
+            "overhead_vs_hf_generate": summary["controller_overhead"][HF]["pooled"]}  # fmt: skip
 
 
 def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
