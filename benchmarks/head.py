@@ -11,7 +11,7 @@ bf16, in one process, configurations interleaved per prompt with the order rotat
    prompts of other categories): the default policy with the cost model calibrated in step 1, a cold in-memory
    store per configuration, with and without the head. Bar: tokens/s with the head > without.
 
-Writes ``benchmarks/results/head.{json,md}``.
+Writes ``benchmarks/results/head.{json,md}``; ``--controller-only`` runs steps 1 and 3 into ``head_controller.*``.
 
     python benchmarks/head.py --head-dir runs/head --per-class 3 --max-new-tokens 96        # ~30 min on 2 cores
 """
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--head-k", default="2,3,4,6,8")
     parser.add_argument("--mixed-per-category", type=int, default=1)
     parser.add_argument("--skip-controller", action="store_true")
+    parser.add_argument("--controller-only", action="store_true",
+                        help="only step 3 (after the calibration), written to --out's name + '_controller'")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3, help="calibration repetitions per point")
     parser.add_argument("--out", type=Path, default=RESULTS / "head")
@@ -133,17 +135,19 @@ def main() -> None:
     print(json.dumps(cost_figures, indent=1), flush=True)
 
     # 2. fixed configurations, end to end
-    engine = SpeculativeEngine(target, [ModelDrafter(pair.draft, "model", vocab_size=target.config.vocab_size)])
-    attach_saved_head(engine, args.head_dir, "head")
     heldout = heldout_prompts(args.head_dir, args.per_class, None)
     prompts = [(r["class"], chat_ids(tok, r["prompt"])[0]) for r in heldout]
-    configs = ([("model", 0)] + [("model", int(k)) for k in args.generic_k.split(",")]
-               + [("head", int(k)) for k in args.head_k.split(",")])  # fmt: skip
-    runs = end_to_end(engine, prompts, configs, StopRule(args.max_new_tokens, eos_ids(tok, target)), progress)
-    summary = summarize(runs, ("model", "head"))
-    for entry in summary["classes"].values():
-        best = entry["best"]
-        entry["ratio"] = best["head"]["speedup"] / best["model"]["speedup"]
+    runs, summary = [], None
+    if not args.controller_only:
+        engine = SpeculativeEngine(target, [ModelDrafter(pair.draft, "model", vocab_size=target.config.vocab_size)])
+        attach_saved_head(engine, args.head_dir, "head")
+        configs = ([("model", 0)] + [("model", int(k)) for k in args.generic_k.split(",")]
+                   + [("head", int(k)) for k in args.head_k.split(",")])  # fmt: skip
+        runs = end_to_end(engine, prompts, configs, StopRule(args.max_new_tokens, eos_ids(tok, target)), progress)
+        summary = summarize(runs, ("model", "head"))
+        for entry in summary["classes"].values():
+            best = entry["best"]
+            entry["ratio"] = best["head"]["speedup"] / best["model"]["speedup"]
 
     # 3. the controller with and without the head
     controller = None
@@ -163,14 +167,16 @@ def main() -> None:
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     meta = {"head_dir": str(args.head_dir), "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "dtype": "bfloat16", "prompts": len(prompts), "hardware": cost.hardware,
-            "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}  # fmt: skip
+            "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
+            "command": "python " + " ".join(sys.argv)}  # fmt: skip
     doc = {"meta": meta, "cost": cost_figures, "teacher_forced_alpha": evaluation.get("alpha"),
            "training": evaluation.get("training"), "summary": summary, "runs": runs_to_json(runs),
            "controller": controller}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    text = markdown(doc)
-    args.out.with_suffix(".md").write_text(text)
+    out = args.out.with_name(args.out.name + "_controller") if args.controller_only else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    text = controller_markdown(doc) if args.controller_only else markdown(doc)
+    out.with_suffix(".md").write_text(text)
     print(text)
 
 
@@ -207,17 +213,39 @@ def markdown(doc: dict) -> str:
             lines.append(f"- {cls}: " + ", ".join(f"{k} {v:.3f}" for k, v in a.items() if v is not None))
     if doc["training"]:
         lines += ["", f"Training: {json.dumps(doc['training'])}"]
-    controller = doc["controller"]
-    if controller:
-        lines += ["", f"## The adaptive controller with and without the head ({controller['prompts']} mixed prompts)", "",
-                  "Default policy, cost model calibrated in this run (with the head's table), cold in-memory store per "
-                  "configuration, the policy's classifier picks each request's class.", "",
-                  "| class | without head tok/s | with head tok/s | ratio (bar > 1 on all) |", "|---|---|---|---|"]  # fmt: skip
-        for cls, entry in controller["summary"].items():
-            t = entry["tokens_per_s"]
-            lines.append(f"| {cls} | {t['without head']:.2f} | {t['with head']:.2f} | {entry['ratio']:.3f} |")
+    if doc["controller"]:
+        lines += [""] + controller_section(doc["controller"])
     lines += ["", f"bf16 outputs equal to target-only's: {summary['outputs_equal_target_share']:.0%} of speculative runs "
               "(near-tie argmax flips between batched and single-token forwards; exactness is a float32 property)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def controller_section(controller: dict) -> list[str]:
+    lines = [f"## The adaptive controller with and without the head ({controller['prompts']} mixed prompts)", "",
+             "Default policy, cost model calibrated in this run (with the head's table), cold in-memory store per "
+             "configuration, the policy's classifier picks each request's class.", "",
+             "| class | without head tok/s | with head tok/s | ratio (bar > 1 on all) |", "|---|---|---|---|"]  # fmt: skip
+    for cls, entry in controller["summary"].items():
+        t = entry["tokens_per_s"]
+        lines.append(f"| {cls} | {t['without head']:.2f} | {t['with head']:.2f} | {entry['ratio']:.3f} |")
+    used = defaultdict(lambda: defaultdict(int))
+    for run in controller["runs"]:
+        for drafter, rounds in run["rounds"].items():
+            used[run["config"]][drafter] += rounds
+    lines += ["", "Rounds by drafter (all prompts): " + "; ".join(
+        f"{config}: " + ", ".join(f"{d} {n}" for d, n in sorted(counts.items())) for config, counts in used.items())]
+    return lines
+
+
+def controller_markdown(doc: dict) -> str:
+    """``--controller-only``: the calibrated costs and step 3."""
+    meta, cost = doc["meta"], doc["cost"]
+    lines = ["# The adaptive controller with and without the draft head", "",
+             f"Target Qwen2.5-Coder-1.5B-Instruct, bf16, {meta['threads']} threads ({meta['hardware']}), greedy, "
+             f"{meta['max_new_tokens']} new tokens; head `{meta['head_dir']}`. Command: `{meta['command']}`.", "",
+             f"Cost per drafted token at context {cost['context']} (calibrated in this run): head "
+             f"{cost['head_ms_per_token']:.1f} ms, generic draft {cost['model_ms_per_token']:.1f} ms, one target forward "
+             f"{cost['target_forward_ms']:.1f} ms.", ""] + controller_section(doc["controller"])  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -197,6 +197,72 @@ def test_a_profiled_prior_belongs_to_its_own_drafter():
     assert session.model_prior("custom") == (1.0, 3.0)
 
 
+def with_cheap_head() -> CostModel:
+    head = CostTable(tokens=[1, 32], contexts=[100, 2000], seconds=[[0.004, 0.006], [0.005, 0.007]])
+    return cost_model().model_copy(update={"drafts": {**cost_model().drafts, "head": head}})
+
+
+def head_round(proposed: int, accepted: int) -> RoundRecord:
+    return RoundRecord("head", 4, proposed, accepted, accepted + 1, 100, 0.004 * proposed, 0.12, tuple([0.9] * proposed))
+
+
+def test_a_drafter_new_to_a_class_is_priced_by_its_rounds_in_other_classes():
+    """A cheap head looks good to a generic prior; once other classes have seen it accept little, a class that
+    has never used it starts from those rounds (and decodes plainly) instead of paying to re-learn it."""
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=head_only)
+    cold = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
+    session = cold.start(RequestInfo(request_class="math"))
+    assert session.decide(state()).drafter == "head"
+    assert session.report.extra["class_side"] == {"head": "generic"}
+    assert session.models["head"].weight == config.generic_prior_weight == 4.0  # a guess yields within a few rounds
+
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
+    for cls in ("chat", "translation"):
+        for _ in range(40):
+            p.estimator.observe(cls, head_round(4, 0))
+    session = p.start(RequestInfo(request_class="math"))
+    assert session.report.extra["class_side"] == {"head": "pooled"}
+    head = session.models["head"]
+    assert (head.class_accepted / head.weight, head.class_proposed / head.weight, head.weight) == (0.0, 4.0, 16.0)
+    assert session.decide(state()).k == 0
+
+    p.estimator.observe("math", head_round(4, 4))  # the class's own rounds come first
+    assert p.start(RequestInfo(request_class="math")).report.extra["class_side"] == {"head": "class"}
+    profiled = ControllerConfig(default=ClassSettings(model=DraftSettings(enabled=False),
+                                                      drafters={"head": DraftSettings(max_k=4, prior_accepted=3.0,
+                                                                                      prior_proposed=4.0)}))  # fmt: skip
+    p2 = AdaptivePolicy(with_cheap_head(), p.estimator, profiled)
+    assert p2.start(RequestInfo(request_class="qa")).report.extra["class_side"] == {"head": "profiled"}
+
+
+def test_pooled_statistics_are_cached_and_a_store_outage_falls_back_to_the_generic_prior():
+    from adaptive_spec.stats import MemoryStatsStore
+
+    class Flaky(MemoryStatsStore):
+        reads, fail = 0, False
+
+        def snapshot(self, *args, **kwargs):
+            Flaky.reads += 1
+            if Flaky.fail:
+                raise ConnectionError("store down")
+            return super().snapshot(*args, **kwargs)
+
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=head_only, pooled_refresh_s=3600)
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(Flaky(), pair_id="test"), config)
+    p.estimator.observe("chat", head_round(4, 1))
+    for cls in ("a", "b", "c"):
+        assert p.start(RequestInfo(request_class=cls)).report.extra["class_side"] == {"head": "pooled"}
+    assert Flaky.reads == 1  # one scan serves every request within pooled_refresh_s
+
+    Flaky.fail = True
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(Flaky(), pair_id="test"), config)
+    session = p.start(RequestInfo(request_class="a"))
+    assert session.report.extra["class_side"] == {"head": "generic"}
+    assert session.decide(state()).drafter == "head"
+
+
 @pytest.mark.parametrize("fields, message", [({"prior_accepted": 2.0}, "together"),
                                              ({"prior_accepted": 3.0, "prior_proposed": 2.0}, "prior_accepted 3.0 >")])
 def test_bad_profiled_priors_are_rejected(fields, message):

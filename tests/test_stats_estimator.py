@@ -56,6 +56,17 @@ def test_estimate_from_rounds():
     assert est.estimate("chat", "model").has_data is False
 
 
+def test_pooled_sums_a_drafter_over_the_classes_of_its_pair():
+    est = AlphaEstimator(pair_id="p", half_life_tokens=None)
+    assert est.pooled("head") is None
+    est.observe("code", rnd(4, 3, "head"))
+    est.observe("chat", rnd(2, 0, "head"))
+    est.observe("chat", rnd(4, 4))  # another drafter
+    AlphaEstimator(est.store, pair_id="other", half_life_tokens=None).observe("code", rnd(8, 8, "head"))
+    assert est.pooled("head") == pytest.approx((2, 3, 6))
+    assert est.pooled("model") == pytest.approx((1, 4, 4))
+
+
 def test_sink_feeds_the_estimator_and_the_request():
     est = AlphaEstimator(pair_id="p", half_life_tokens=None)
     request = est.new_request()

@@ -6,7 +6,8 @@ Per round it compares, at the current context length (costs from the calibrated 
 - each model-type drafter (the generic draft, a custom draft, a draft head), drafting until its own confidence
   falls below the class's threshold, at most ``max_k`` tokens: (accepted per round + 1) / (draft time + verify
   time), from this request's rounds with that drafter blended with the class's (the class counts as at most
-  ``prior_weight`` rounds, so a request unlike its class moves away fast);
+  ``prior_weight`` rounds, so a request unlike its class moves away fast; a class with no rounds of a drafter
+  starts from its profiled prior, else from the drafter's rounds in other classes, else a generic prior);
 - prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
   it came from, or "streak": the previous lookup round was accepted in full, as inside a copied span), blended the
   same way, and the k up to the proposal's length that maximises the expected rate.
@@ -21,6 +22,7 @@ arithmetic on cached numbers.
 from __future__ import annotations
 
 import dataclasses
+import time
 from array import array
 from collections.abc import Sequence
 
@@ -95,12 +97,16 @@ class ControllerConfig(BaseModel):
     prior_weight: float = Field(16.0, gt=0, description="class estimate's weight, in rounds, against the request")
     prior_model_accepted: float = Field(2.0, ge=0, description="cold start: accepted tokens per model round")
     prior_model_proposed: float = Field(4.0, ge=1, description="cold start: proposed tokens per model round")
+    generic_prior_weight: float = Field(4.0, gt=0, description="the generic prior's weight, in rounds: a guess, "
+                                        "not a measurement, so a request's own rounds overturn it fast")  # fmt: skip
     prior_lookup_accept: float = Field(0.5, gt=0, lt=1, description="cold start: lookup acceptance per position")
     hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to switch the model draft on/off")
     probe_every: int = Field(24, ge=1, description="plain steps before the switched-off model draft is re-tried")
     probe_k: int = Field(3, ge=1)
     refresh_tokens: int = Field(128, ge=1, description="re-price rounds after the context grows this much")
     catchup_amortize: float = Field(4.0, ge=1, description="model rounds a long draft catch-up is spread over")
+    pooled_refresh_s: float = Field(10.0, ge=0, description="re-read a drafter's statistics pooled over classes "
+                                    "(a cold class's prior) at most this often")  # fmt: skip
 
     def for_class(self, request_class: str | None) -> ClassSettings:
         return self.classes.get(request_class or "", self.default)
@@ -171,6 +177,21 @@ class AdaptivePolicy:
             raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first "
                              "(`adaptive-spec calibrate`, with --head DIR for a draft head)")  # fmt: skip
         self.model_drafters = names
+        self._pooled: dict[str, tuple[float, tuple[float, float, float] | None]] = {}
+
+    def pooled(self, drafter: str) -> tuple[float, float, float] | None:
+        """``drafter``'s (rounds, accepted, draft tokens) over every class, re-read at most every
+        ``pooled_refresh_s`` (a store scan); None when unknown or the store cannot be read (never fails a request)."""
+        now = time.monotonic()
+        cached = self._pooled.get(drafter)
+        if cached is None or now - cached[0] > self.config.pooled_refresh_s:
+            try:
+                value = self.estimator.pooled(drafter)
+            except Exception as exc:  # a store outage: fall back to the generic prior, as reads do
+                log.warning("pooled_read_failed", drafter=drafter, error=repr(exc))
+                value = None
+            self._pooled[drafter] = cached = (now, value)
+        return cached[1]
 
     def classify(self, request: RequestInfo) -> tuple[str, str]:
         """The caller's class wins; else the classifier's; else "default"."""
@@ -210,6 +231,7 @@ class AdaptiveSession:
         self.max_k = request.max_k
         est = policy.estimator
         self.requests = est.new_request()
+        self.report = RequestReport(request_class, class_source)
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
         cap = self.max_k or 64
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
@@ -223,7 +245,6 @@ class AdaptiveSession:
         self.probe_turn = 0
         self.last_lookup_full = False
         self.pending_key = NO_DRAFTER
-        self.report = RequestReport(request_class, class_source)
         self.predicted_s = 0.0
         self.plain_equivalent_s = 0.0
         # the knobs a round reads, as plain values (pydantic attribute access is slow once the caches are cold)
@@ -291,14 +312,26 @@ class AdaptiveSession:
         return best, best_key
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
-        """(weight x accepted, weight x proposed, weight) per round: the class (at most prior_weight rounds) or the
-        prior, to blend with this request's own rounds."""
+        """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds; from
+        the first that exists: the class's rounds with this drafter, the class's profiled prior for it, the
+        drafter's rounds in all classes (a head or custom draft new to this class is priced by how it did
+        elsewhere, not by a generic guess), the generic prior. Measured rounds count as at most ``prior_weight``;
+        the generic guess as ``generic_prior_weight``."""
+        cap = self.config.prior_weight
+        profiled = self.profiled_prior(name)
+        pooled = None if estimate.rounds > 0 or profiled else self.policy.pooled(name)
         if estimate.rounds > 0:
-            weight = min(estimate.rounds, self.config.prior_weight)
+            source, weight = "class", min(estimate.rounds, cap)
             accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
+        elif profiled:
+            (source, weight), (accepted, proposed) = ("profiled", cap), profiled
+        elif pooled:
+            rounds, total_accepted, total_drafted = pooled
+            source, weight, accepted, proposed = "pooled", min(rounds, cap), total_accepted / rounds, total_drafted / rounds
         else:
-            weight = self.config.prior_weight
-            accepted, proposed = self.model_prior(name)
+            source, weight = "generic", min(self.config.generic_prior_weight, cap)
+            accepted, proposed = self.config.prior_model_accepted, self.config.prior_model_proposed
+        self.report.extra.setdefault("class_side", {})[name] = source
         return weight * accepted, weight * proposed, weight
 
     def _model_rate(self, model: _ModelDrafter, context_len: int) -> float:
@@ -313,14 +346,16 @@ class AdaptiveSession:
         return (accepted + 1.0) / self.costs.model_round(model.name, proposed, catchup)
 
     def model_prior(self, name: str) -> tuple[float, float]:
-        """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one.
+        """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one."""
+        return self.profiled_prior(name) or (self.config.prior_model_accepted, self.config.prior_model_proposed)
+
+    def profiled_prior(self, name: str) -> tuple[float, float] | None:
+        """The class's profiled (accepted, proposed) for this drafter, if ``train-policy`` measured one.
 
         A profiled prior was measured for one drafter: the one of the ``model`` entry belongs to the generic draft
         ("model") and is not lent to other model-type drafters (a head or custom draft with the same knobs)."""
         d = self.settings.drafters.get(name) or (self.settings.model if name == MODEL else None)
-        if d is not None and d.prior_accepted is not None:
-            return d.prior_accepted, d.prior_proposed
-        return self.config.prior_model_accepted, self.config.prior_model_proposed
+        return (d.prior_accepted, d.prior_proposed) if d is not None and d.prior_accepted is not None else None
 
     def _lookup_class_side(self, key: str) -> tuple[array, array]:
         """Per position: (weight x class mean, weight) for this kind of lookup proposal, read once per request."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..records import NO_DRAFTER, RoundRecord
-from .counters import CounterSpec
+from .counters import ACCEPTED, DRAFT, ROUNDS, CounterSpec
 from .estimate import Estimate, Prior
 from .keys import StatsKey, check_name
 from .metrics import StatsMetrics
@@ -111,6 +111,17 @@ class AlphaEstimator:
         if self.metrics is not None and drafter != NO_DRAFTER:
             self.metrics.set_alpha(key, estimate.alpha.mean)
         return estimate
+
+    def pooled(self, drafter: str) -> tuple[float, float, float] | None:
+        """``drafter``'s (rounds, accepted tokens, draft tokens) summed over every class of this pair, decayed to
+        now; None when no class has data. A cold class's best guess for a drafter before it has any data of its
+        own. Reads every class's key of the drafter: per request at most, not per round."""
+        now = time.time()
+        rounds = accepted = drafted = 0.0
+        for counters in self.store.snapshot(self.spec, self.pair_id, None, drafter).values():
+            v = counters.values_at(now)
+            rounds, accepted, drafted = rounds + v[ROUNDS], accepted + v[ACCEPTED], drafted + v[DRAFT]
+        return (rounds, accepted, drafted) if rounds > 0 else None
 
     def estimates(self, request_class: str | None = None, drafter: str | None = None) -> list[Estimate]:
         """Every known key of this pair (reads the whole store: for reports, not per round)."""
