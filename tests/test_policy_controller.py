@@ -182,7 +182,7 @@ def test_a_profiled_class_prior_starts_the_draft_on_cold():
     session = AdaptivePolicy(pricey, AlphaEstimator(pair_id="test"), config).start(RequestInfo(request_class="math"))
     decision = session.decide(state())
     assert (decision.drafter, decision.k, decision.threshold) == ("model", 8, 0.7)
-    assert session.model_prior("model") == (5.5, 6.0)
+    assert session.profiled_prior("model") == (5.5, 6.0)
 
 
 def test_a_profiled_prior_belongs_to_its_own_drafter():
@@ -192,9 +192,9 @@ def test_a_profiled_prior_belongs_to_its_own_drafter():
                              drafters={"custom": DraftSettings(prior_accepted=1.0, prior_proposed=3.0)})  # fmt: skip
     config = ControllerConfig(classes={"math": settings})
     session = AdaptivePolicy(two, AlphaEstimator(pair_id="test"), config).start(RequestInfo(request_class="math"))
-    assert session.model_prior("model") == (5.5, 6.0)
-    assert session.model_prior("head") == (config.prior_model_accepted, config.prior_model_proposed)
-    assert session.model_prior("custom") == (1.0, 3.0)
+    assert session.profiled_prior("model") == (5.5, 6.0)
+    assert session.profiled_prior("head") is None  # so the head starts from its rounds elsewhere, or the generic prior
+    assert session.profiled_prior("custom") == (1.0, 3.0)
 
 
 def with_cheap_head() -> CostModel:

@@ -416,6 +416,33 @@ def test_fresh_worker_starts_with_the_pooled_estimate(redis_server):
     fresh.close()
 
 
+def test_a_drafters_rounds_pool_over_classes_through_redis(redis_server):
+    """The controller's prior for a class new to a drafter: that drafter's rounds in every class, read from Redis
+    (what other workers flushed); not asked while the store knows Redis is down."""
+    writer = AlphaEstimator(RedisStatsStore(fast(redis_server.url)), "pair", half_life_tokens=None)
+    for cls, accepted in (("code", 3), ("chat", 0)):
+        for _ in range(10):
+            writer.observe(cls, rnd(4, accepted, "head"))
+    assert writer.flush(5.0)
+    settings = fast(redis_server.url, socket_timeout_s=0.05, read_timeout_s=0.05, connect_timeout_s=0.05)
+    reader = AlphaEstimator(RedisStatsStore(settings), "pair", half_life_tokens=None)
+    assert reader.pooled("head") == pytest.approx((20, 30, 80))
+    assert reader.pooled("model") is None
+    redis_server.kill()
+    try:
+        reader.observe("code", rnd(4, 1, "head"))
+        deadline = time.monotonic() + 5
+        while reader.store.available and time.monotonic() < deadline:  # the next flush finds Redis gone
+            time.sleep(0.02)
+        t0 = time.perf_counter()
+        assert reader.pooled("head") is None
+        assert time.perf_counter() - t0 < 0.01
+    finally:
+        redis_server.restart()
+    writer.close()
+    reader.close()
+
+
 def test_keys_expire(redis_server):
     est = AlphaEstimator(RedisStatsStore(fast(redis_server.url, key_ttl_s=30.0)), "pair")
     est.observe("c", rnd(4, 2))

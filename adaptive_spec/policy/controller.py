@@ -345,10 +345,6 @@ class AdaptiveSession:
         catchup = context_len - min(model.true_len, context_len - 1)
         return (accepted + 1.0) / self.costs.model_round(model.name, proposed, catchup)
 
-    def model_prior(self, name: str) -> tuple[float, float]:
-        """(accepted, proposed) tokens per round before any data: the class's profiled prior, else the generic one."""
-        return self.profiled_prior(name) or (self.config.prior_model_accepted, self.config.prior_model_proposed)
-
     def profiled_prior(self, name: str) -> tuple[float, float] | None:
         """The class's profiled (accepted, proposed) for this drafter, if ``train-policy`` measured one.
 

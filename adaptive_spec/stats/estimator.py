@@ -115,7 +115,10 @@ class AlphaEstimator:
     def pooled(self, drafter: str) -> tuple[float, float, float] | None:
         """``drafter``'s (rounds, accepted tokens, draft tokens) summed over every class of this pair, decayed to
         now; None when no class has data. A cold class's best guess for a drafter before it has any data of its
-        own. Reads every class's key of the drafter: per request at most, not per round."""
+        own. Reads every class's key of the drafter (a Redis scan): per request at most, not per round; a store
+        that knows it is down (``available`` False) is not asked."""
+        if getattr(self.store, "available", True) is False:
+            return None
         now = time.time()
         rounds = accepted = drafted = 0.0
         for counters in self.store.snapshot(self.spec, self.pair_id, None, drafter).values():
