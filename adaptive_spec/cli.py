@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .distill.cli import distill_command
+from .report_console import report_console
 from .stats_cli import stats_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(stats_app, name="stats")
 app.command("distill")(distill_command)
 
 console = Console(stderr=True)
+
 
 TargetOpt = Annotated[Optional[Path], typer.Option(help="target: GGUF file or transformers model dir")]
 DraftOpt = Annotated[Optional[Path], typer.Option(help="draft: GGUF file or transformers model dir")]
@@ -248,7 +250,7 @@ def calibrate(
         table.add_column(col, justify="right")
     for n in (1, 2, 4, 8, 16):
         table.add_row(str(n), f"{cost.target(n, 128) * 1e3:.1f}", f"{cost.draft(n, 128) * 1e3:.1f}" if cost.draft else "-")
-    Console().print(table)
+    report_console().print(table)
     for name in [n for n in ("head", "custom") if n in cost.drafts]:
         typer.echo(f"c of the {name} drafter = {cost.draft_cost_ratio_of(name):.3f}; break-even alpha, {name} k=4: "
                    f"{cost.break_even_alpha(name, 4):.3f}")  # fmt: skip
@@ -341,7 +343,7 @@ def _print_profiles(profiles) -> None:
             table.add_row(p.request_class, str(p.requests), name,
                           f"{d.alpha:.2f} ({d.alpha_interval[0]:.2f}-{d.alpha_interval[1]:.2f})",
                           " / ".join(f"{d.speedup[k]:.2f}" for k in (1, 2, 4, 8)), f"k={k}: {s:.2f}x")  # fmt: skip
-    Console().print(table)
+    report_console().print(table)
     for p in profiles:
         typer.echo(f"{p.request_class}: {p.recommendation}")
 
@@ -400,7 +402,7 @@ def train_policy(
         table.add_row(r["class"], str(r["requests"]), f"{r['target_only']:.2f}",
                       f"{r['best_fixed_tps']:.2f} ({r['best_fixed']})", f"{r['adaptive_tps']:.2f}",
                       f"{r['oracle_tps']:.2f}", f"{r['adaptive_speedup']:.2f}x", f"{r['regret'] * 100:.1f}%")  # fmt: skip
-    Console().print(table)
+    report_console().print(table)
     typer.echo(f"wrote {out}")
 
 
@@ -454,7 +456,7 @@ def demo(
         tokens_adaptive += out.result.num_new_tokens
         table.add_row(row.request_class, str(r.request_class), f"{r.alpha:.2f}" if r.proposed else "-", top,
                       f"{tp:.2f}", f"{ta:.2f}", f"{ta / tp:.2f}x")  # fmt: skip
-    Console().print(table)
+    report_console().print(table)
     overall = (tokens_adaptive / total_adaptive) / (tokens_plain / total_plain)
     typer.echo(f"overall: {tokens_adaptive / total_adaptive:.2f} tok/s adaptive vs {tokens_plain / total_plain:.2f} "
                f"target-only = {overall:.2f}x")  # fmt: skip

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from .report_console import report_console
 from .stats.counters import CounterSpec, Counters, InvalidCounters
 from .stats.estimate import Estimate, Prior
 from .stats.keys import StatsKey
@@ -151,7 +151,7 @@ def show(
         }
         typer.echo(json.dumps(payload, indent=2))
         return
-    console = Console()
+    console = report_console()
     if not estimates:
         console.print(f"No statistics in {redacted(redis_settings.url)}" + (f" for pair {pair!r}" if pair else "") + ".")
     else:

@@ -49,6 +49,24 @@ def test_train_policy_on_small_traces(tmp_path):
     assert "regret" in result.output
 
 
+def test_report_tables_are_wide_when_piped():
+    """Without a terminal rich assumes 80 columns and folds a 7-column report into word stubs."""
+    from rich.table import Table
+
+    from adaptive_spec.report_console import PIPED_WIDTH, report_console
+
+    table = Table("class", "classified as", "alpha", "decisions (rounds)", "target tok/s", "adaptive tok/s", "speedup")
+    decisions = "lookup.streak:4 14, lookup.n1:4 4, lookup.n2:4 3"  # a row of `adaptive-spec demo`
+    table.add_row("summarization", "summarization", "0.77", decisions, "2.88", "8.11", "2.82x")
+    result = runner.invoke(app, ["--help"])  # any command: CliRunner's stdout is not a terminal
+    assert result.exit_code == 0
+    console = report_console()
+    assert not console.is_terminal and console.width == PIPED_WIDTH
+    with console.capture() as captured:
+        console.print(table)
+    assert decisions in captured.get() and "summarization" in captured.get()
+
+
 def test_train_policy_cli_default_margin_is_the_library_default():
     import inspect
 

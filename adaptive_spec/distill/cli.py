@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..report_console import report_console
+
 console = Console(stderr=True)
 
 
@@ -170,7 +172,7 @@ def _print(summary: dict, directory: Path) -> None:
             g, c = a["generic"], a["custom"]
             table.add_row(cls, str(c["rows"]), f"{g['greedy_alpha']:.3f} / {g['sampled_alpha']:.3f}",
                           f"{c['greedy_alpha']:.3f} / {c['sampled_alpha']:.3f}")  # fmt: skip
-        Console().print(table)
+        report_console().print(table)
     cost = summary["draft_cost_per_token_ms"]
     typer.echo(f"draft cost per token: generic {cost['generic']} ms, custom {cost['custom']} ms (ratio {cost['ratio']})")
     e2e = summary.get("end_to_end")
@@ -184,5 +186,5 @@ def _print(summary: dict, directory: Path) -> None:
                           f"{b['model']['config']}: {b['model']['tokens_per_s']:.2f} tok/s ({b['model']['speedup']:.2f}x)",
                           f"{b['custom']['config']}: {b['custom']['tokens_per_s']:.2f} tok/s ({b['custom']['speedup']:.2f}x)",
                           f"{entry.get('ratio', float('nan')):.2f}")  # fmt: skip
-        Console().print(table)
+        report_console().print(table)
     typer.echo(f"wrote {directory} (model card: {directory / 'README.md'}, evaluation: {directory / 'eval.json'})")
