@@ -263,6 +263,24 @@ def test_pooled_statistics_are_cached_and_a_store_outage_falls_back_to_the_gener
     assert session.decide(state()).drafter == "head"
 
 
+def test_estimated_speedup_is_measured_against_this_machines_speed():
+    """Plain steps only: 1.0, however much faster or slower the machine runs than when it was calibrated; drafted
+    rounds are compared with plain steps at the speed this request's verify forwards actually ran."""
+    for slowdown in (0.5, 1.0, 2.0):
+        session = policy().start(RequestInfo(request_class="chat", speculation="off"))
+        for i in range(20):
+            session.decide(state(100 + i))
+            session.on_round(RoundRecord("none", 0, 0, 0, 1, 100 + i, 0.0, 0.1 * slowdown))
+        assert session.finish().extra["estimated_speedup"] == pytest.approx(1.0)
+
+        session = policy().start(RequestInfo(request_class="chat", speculation="on"))
+        session.decide(state())
+        verify = session.costs.verify
+        session.on_round(RoundRecord("model", 4, 4, 3, 4, 100, 0.16 * slowdown, verify[5] * slowdown))
+        expected = 4 * verify[1] / (0.16 + verify[5])  # 4 tokens for one round vs 4 plain steps, at either speed
+        assert session.finish().extra["estimated_speedup"] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("fields, message", [({"prior_accepted": 2.0}, "together"),
                                              ({"prior_accepted": 3.0, "prior_proposed": 2.0}, "prior_accepted 3.0 >")])
 def test_bad_profiled_priors_are_rejected(fields, message):

@@ -245,8 +245,9 @@ class AdaptiveSession:
         self.probe_turn = 0
         self.last_lookup_full = False
         self.pending_key = NO_DRAFTER
-        self.predicted_s = 0.0
-        self.plain_equivalent_s = 0.0
+        # for the report's estimated speedup: this request's rounds (measured, or priced in replay), what plain
+        # decoding of its tokens costs by the cost model, and its verify forwards measured and priced
+        self.round_s = self.plain_priced_s = self.verify_measured_s = self.verify_priced_s = 0.0
         # the knobs a round reads, as plain values (pydantic attribute access is slow once the caches are cold)
         self.use_lookup = self.settings.use_lookup and self.mode != "off"
         self.lookup_k = min(self.settings.lookup_max_k, cap)
@@ -418,13 +419,20 @@ class AdaptiveSession:
         r.accepted += record.accepted
         name = f"{record.drafter}:{record.k}" if record.k else "plain"
         r.decisions[name] = r.decisions.get(name, 0) + 1
-        self.predicted_s += record.draft_s + record.verify_s
-        self.plain_equivalent_s += record.emitted * (self.costs.verify[1] if self.costs else 0.0)
+        self.round_s += record.draft_s + record.verify_s
+        if self.costs is not None:
+            verify = self.costs.verify
+            self.plain_priced_s += record.emitted * verify[1]
+            self.verify_priced_s += verify[min(record.proposed + 1, len(verify) - 1)]
+            self.verify_measured_s += record.verify_s
 
     def finish(self) -> RequestReport:
         self.policy.estimator.observe_request_end(self.request_class, self.requests)
         r = self.report
-        r.extra["estimated_speedup"] = self.plain_equivalent_s / self.predicted_s if self.predicted_s else 1.0
+        # plain decoding's time for these tokens: the cost model's price, scaled by how fast this request's verify
+        # forwards ran against their prices (the machine is rarely as fast as on the day it was calibrated)
+        drift = self.verify_measured_s / self.verify_priced_s if self.verify_priced_s else 1.0
+        r.extra["estimated_speedup"] = self.plain_priced_s * drift / self.round_s if self.round_s else 1.0
         r.extra["drafters_on_at_end"] = [m.name for m in self.models.values() if m.on]
         log.info("request_done", request_class=r.request_class, class_source=r.class_source, rounds=r.rounds,
                  alpha=round(r.alpha, 3) if r.proposed else None, decisions=r.decisions,
