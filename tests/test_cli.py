@@ -58,7 +58,7 @@ def test_report_tables_are_wide_when_piped():
     table = Table("class", "classified as", "alpha", "decisions (rounds)", "target tok/s", "adaptive tok/s", "speedup")
     decisions = "lookup.streak:4 14, lookup.n1:4 4, lookup.n2:4 3"  # a row of `adaptive-spec demo`
     table.add_row("summarization", "summarization", "0.77", decisions, "2.88", "8.11", "2.82x")
-    result = runner.invoke(app, ["--help"])  # any command: CliRunner's stdout is not a terminal
+    result = runner.invoke(app, ["--help"])  # the CLI runs where stdout is not a terminal (so does pytest, below)
     assert result.exit_code == 0
     console = report_console()
     assert not console.is_terminal and console.width == PIPED_WIDTH

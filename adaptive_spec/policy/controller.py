@@ -319,14 +319,12 @@ class AdaptiveSession:
         elsewhere, not by a generic guess), the generic prior. Measured rounds count as at most ``prior_weight``;
         the generic guess as ``generic_prior_weight``."""
         cap = self.config.prior_weight
-        profiled = self.profiled_prior(name)
-        pooled = None if estimate.rounds > 0 or profiled else self.policy.pooled(name)
         if estimate.rounds > 0:
             source, weight = "class", min(estimate.rounds, cap)
             accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
-        elif profiled:
+        elif profiled := self.profiled_prior(name):
             (source, weight), (accepted, proposed) = ("profiled", cap), profiled
-        elif pooled:
+        elif pooled := self.policy.pooled(name):
             rounds, total_accepted, total_drafted = pooled
             source, weight, accepted, proposed = "pooled", min(rounds, cap), total_accepted / rounds, total_drafted / rounds
         else:
