@@ -6,7 +6,11 @@ Vocabulary (used the same way everywhere in this package):
 - *accepted*: proposed tokens the target agreed with, counted from the first; the rest are *rejected*.
 - *bonus*: the token the target adds after the accepted prefix when every proposal was accepted.
 - *recovered*: the token the target adds in place of the first rejected proposal.
-- Every round *emits* ``accepted + 1`` tokens (bonus or recovered), fewer only when a stop rule cuts the round.
+- *extension*: tokens prompt lookup appended after a drafter's proposals, continuing them, verified in the same
+  forward; they count neither as proposed nor as accepted (the drafter's acceptance stays its own), but as
+  ``extension`` and ``extension_accepted`` (nonzero only when every proposal was accepted).
+- Every round *emits* ``accepted + extension_accepted + 1`` tokens (bonus or recovered), fewer only when a stop
+  rule cuts the round.
 - Token-level acceptance rate ``alpha = accepted / proposed`` over many rounds; *mean accepted per round* excludes
   the bonus/recovered token (vLLM's "mean acceptance length" is this plus one).
 
@@ -28,13 +32,20 @@ class RoundRecord:
     k: int  # draft budget the round ran with (the decision, capped by the tokens left to generate)
     proposed: int  # tokens proposed, <= k
     accepted: int  # leading proposed tokens the target accepted, <= proposed
-    emitted: int  # tokens appended to the output this round (accepted + 1, unless a stop cut it short)
+    emitted: int  # tokens appended this round (accepted + extension_accepted + 1, unless a stop cut it short)
     context_len: int  # tokens in the context (prompt + generated) before the round
     draft_s: float  # seconds spent drafting, catch-up included
     verify_s: float  # seconds in the target's forward over the pending token + proposals
     draft_probs: tuple[float, ...] = field(default=())  # drafter's probability of each proposed token; () if none
     catchup: int = 0  # tokens the model drafter had to feed to catch up with the context before drafting
     k_asked: int | None = None  # the k the decision asked for, when the round ran with less (end of budget)
+    extension: int = 0  # tokens prompt lookup appended after the proposals (verified with them)
+    extension_accepted: int = 0  # of those, accepted (only after every proposal was)
+
+    @property
+    def verified(self) -> int:
+        """Tokens in the round's verify forward: the pending token, the proposals and the extension."""
+        return 1 + self.proposed + self.extension
 
     @property
     def speculative(self) -> bool:

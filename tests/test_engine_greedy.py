@@ -149,6 +149,11 @@ def test_lookup_index_matches_brute_force():
             proposal, n = brute(seq[:end], 5, max_n, min_n)
             assert index.propose(5) == (proposal, n)
             assert index.proposal_length(5) == (len(proposal), n)  # what the controller asks, without the list
+            extra = [rng.randrange(6) for _ in range(rng.randrange(0, 5))]  # a draft's tokens, not yet accepted
+            before = (list(index.tokens), dict(index.first))
+            expected = brute(seq[:end] + extra, 5, max_n, min_n)[0] if extra else []
+            assert index.propose_after(extra, 5) == expected  # what lookup offers were the draft accepted
+            assert (index.tokens, index.first) == before  # ... and the index is left as it was
 
 
 class CharTokenizer:
@@ -187,7 +192,48 @@ def test_streamer_receives_prompt_then_every_token(engine):
     assert sum(streamer.puts[1:], []) == out.new_tokens.tolist()
 
 
+@pytest.mark.parametrize("drafter", ["model", "hybrid"])
+@pytest.mark.parametrize("k,extend", [(1, 1), (2, 4), (3, 8), (5, 16)])
+def test_lookup_extension_keeps_greedy_output(pair, drafter, k, extend):
+    """Prompt lookup continuing a model draft in the same verify forward: output unchanged; the drafter's own
+    acceptance and the extension's are counted apart; the round stays within the budget."""
+    target, draft = pair
+    for copy_noise in (0.0, 0.3):  # an exact draft (every proposal accepted: the extension is judged) and a noisy one
+        lookup, model = PromptLookupDrafter(), ModelDrafter(noisy_copy(target, copy_noise, seed=1))
+        engine = SpeculativeEngine(target, [model, lookup, FallbackDrafter(lookup, model, name="hybrid")])
+        for prompt in PROMPTS + [[7, 8, 9, 10, 7, 8, 9, 10, 7, 8]]:
+            out = engine.generate(torch.tensor(prompt), fixed(drafter, k, 0.0, extend), stop=StopRule(40))
+            assert out.sequences[0].tolist() == reference(target, prompt, 40, eos=-1)
+            left = 39
+            for r in out.records:
+                assert r.accepted <= r.proposed <= k and r.extension <= extend
+                assert r.proposed + r.extension <= left - 1  # never drafts past the budget
+                assert r.extension_accepted == 0 or r.accepted == r.proposed
+                assert r.extension_accepted <= r.extension
+                assert r.emitted == r.accepted + r.extension_accepted + 1 or r is out.records[-1]
+                left -= r.emitted
+
+
+def test_lookup_extension_is_used_and_accepted(pair):
+    """With a draft identical to the target, a repeating output has extensions proposed and accepted."""
+    target, _ = pair
+    model = ModelDrafter(noisy_copy(target, 0.0, seed=0))
+    engine = SpeculativeEngine(target, [model, PromptLookupDrafter()])
+    records = []
+    for prompt in PROMPTS + [[7, 8, 9, 10, 7, 8, 9, 10, 7, 8]]:
+        out = engine.generate(torch.tensor(prompt), fixed("model", 2, 0.0, 6), stop=StopRule(60))
+        assert out.sequences[0].tolist() == reference(target, prompt, 60, eos=-1)
+        records += out.records
+    assert sum(r.extension for r in records) > 0
+    assert sum(r.extension_accepted for r in records) > 0
+
+
 def test_bad_decisions_fail_loudly(engine):
+    with pytest.raises(ValueError, match="extend must be"):
+        engine.generate(torch.tensor(PROMPTS[0]), fixed("model", 2, 0.0, -1), stop=StopRule(5))
+    no_lookup = SpeculativeEngine(engine.target.model, [engine.drafters["model"]])
+    with pytest.raises(ValueError, match="no 'lookup' drafter"):
+        no_lookup.generate(torch.tensor(PROMPTS[0]), fixed("model", 2, 0.0, 3), stop=StopRule(5))
     with pytest.raises(ValueError, match="unknown drafter"):
         engine.generate(torch.tensor(PROMPTS[0]), fixed("nope", 3), stop=StopRule(5))
     with pytest.raises(ValueError, match="k must be"):

@@ -85,8 +85,8 @@ def run_engine(target, draft, decide, params, seed):
     for _ in range(SAMPLES):
         out = engine.generate(torch.tensor(PROMPT), decide, stop=stop, sampling=params, generator=generator)
         counts[tuple(out.new_tokens.tolist())] += 1
-        proposed += out.proposed
-        accepted += out.accepted
+        proposed += out.proposed + sum(r.extension for r in out.records)
+        accepted += out.accepted + sum(r.extension_accepted for r in out.records)
     return counts, proposed, accepted
 
 
@@ -97,6 +97,8 @@ CASES = {
         lambda state, it=itertools.cycle([Decision("model", 2), Decision("hybrid", 3), Decision("lookup", 1)]): next(it),
         SamplingParams(do_sample=True, temperature=0.7, top_p=0.8, top_k=5),
     ),
+    # a sampled model draft continued by prompt lookup in the same round (point-mass rows after sampled ones)
+    "model+lookup-extension-T0.9": (fixed("model", 1, 0.0, 2), SamplingParams(do_sample=True, temperature=0.9)),
 }
 
 
@@ -107,7 +109,7 @@ def test_speculative_sampling_matches_target_distribution(models, case):
     decide, params = CASES[case]
     expected = exact_joint(target, PROMPT, params)
     counts, proposed, accepted = run_engine(target, draft, decide, params, seed=1234)
-    assert 0 < accepted < proposed, "the test needs both accepted and rejected proposals"
+    assert 0 < accepted < proposed, "the test needs both accepted and rejected proposals (extensions included)"
     p = chi_square_pvalue(counts, expected, SAMPLES)
     assert p > 1e-3, f"{case}: speculative samples differ from the target's distribution (p={p:.2e})"
 

@@ -128,14 +128,24 @@ class PromptLookupDrafter:
     def reset(self) -> None:
         self.index.reset()
 
-    def match(self, context: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
-        """The proposal (up to k tokens) and the n of the n-gram that produced it (0 if none)."""
+    def _index(self, context: torch.Tensor) -> LookupIndex:
+        """The index, brought up to ``context`` (rebuilt if ``context`` does not continue what it holds)."""
         index = self.index
         if context.numel() < len(index.tokens) or (index.tokens and int(context[len(index.tokens) - 1]) != index.tokens[-1]):
             index.reset()  # not a continuation of the indexed context
         index.extend(context[len(index.tokens) :].tolist())
-        tokens, n = index.propose(k)
+        return index
+
+    def match(self, context: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+        """The proposal (up to k tokens) and the n of the n-gram that produced it (0 if none)."""
+        tokens, n = self._index(context).propose(k)
         return torch.tensor(tokens, dtype=torch.long, device=context.device), n
+
+    def extend(self, context: torch.Tensor, draft: torch.Tensor, k: int) -> torch.Tensor:
+        """Up to k tokens continuing ``context`` + ``draft`` (another drafter's proposal), as lookup would propose
+        them were the draft accepted: where a draft starts to reproduce a span of the prompt, the rest comes free."""
+        tokens = self._index(context).propose_after(draft.tolist(), k)
+        return torch.tensor(tokens, dtype=torch.long, device=context.device)
 
     def propose(self, context: torch.Tensor, request: DraftRequest) -> Draft:
         if request.k <= 0:

@@ -24,8 +24,9 @@ class LookupIndex:
         self.tokens: list[int] = []
         self.first: dict[tuple[int, ...], int] = {}
 
-    def extend(self, tokens: Sequence[int]) -> None:
-        """Append tokens to the context and index the n-grams that end in them."""
+    def extend(self, tokens: Sequence[int], added: list | None = None) -> None:
+        """Append tokens to the context and index the n-grams that end in them (``added`` collects the n-grams
+        seen for the first time, so the extension can be undone)."""
         seq, first = self.tokens, self.first
         lo, hi = self.min_ngram, self.max_ngram
         for token in tokens:
@@ -33,7 +34,12 @@ class LookupIndex:
             end = len(seq)
             tail = tuple(seq[max(0, end - hi) :])  # the longest n-gram ending here; shorter ones are its suffixes
             for n in range(lo, min(hi, end) + 1):
-                first.setdefault(tail[-n:], end - n)
+                gram = tail[-n:]
+                if added is None:
+                    first.setdefault(gram, end - n)
+                elif gram not in first:
+                    first[gram] = end - n
+                    added.append(gram)
 
     def _match(self) -> tuple[int, int]:
         """(start, n) of the first earlier occurrence of the longest matching suffix; (-1, 0) if none."""
@@ -52,6 +58,20 @@ class LookupIndex:
         if n == 0:
             return [], 0
         return self.tokens[start + n : start + n + k], n
+
+    def propose_after(self, extra: Sequence[int], k: int) -> list[int]:
+        """What ``propose(k)`` would return were ``extra`` (e.g. a model draft's tokens) appended to the context,
+        leaving the index as it was: the continuation lookup offers if the draft turns out right."""
+        if k <= 0 or not extra:
+            return []
+        mark, added = len(self.tokens), []
+        self.extend(extra, added)
+        try:
+            return self.propose(k)[0]
+        finally:
+            del self.tokens[mark:]
+            for gram in added:
+                del self.first[gram]
 
     def proposal_length(self, k: int) -> tuple[int, int]:
         """``len(propose(k)[0])`` and its n, without building the proposal (the controller needs only these)."""

@@ -33,9 +33,13 @@ class Decision:
     drafter: str = NO_DRAFTER
     k: int = 0
     threshold: float = 0.0  # a model drafter stops after a token it gives probability below this
+    # after the drafter's tokens, the engine's prompt-lookup drafter (named "lookup") may append up to this many
+    # more that continue them: free to propose, paid only in verify width; the budget still caps the round
+    extend: int = 0
 
 
 PLAIN_STEP = Decision()
+EXTENDER = "lookup"  # the drafter a decision's ``extend`` asks
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,9 @@ Decide = Callable[[RoundState], Decision]
 OnRound = Callable[[RoundRecord], None]
 
 
-def fixed(drafter: str, k: int, threshold: float = 0.0) -> Decide:
+def fixed(drafter: str, k: int, threshold: float = 0.0, extend: int = 0) -> Decide:
     """A ``decide`` that always returns the same decision."""
-    decision = Decision(drafter, k, threshold)
+    decision = Decision(drafter, k, threshold, extend)
     return lambda state: decision
 
 
@@ -228,29 +232,31 @@ class SpeculativeEngine:
             assert len(draft) <= k_run, f"drafter {decision.drafter!r} proposed {len(draft)} > k={k_run} tokens"
         else:
             draft = Draft(tokens=context[:0], source=NO_DRAFTER)
+        proposals, q_draft, extension = self._extended(context, draft, decision.extend, remaining - 1 - len(draft))
         _sync(self.device)
         t1 = time.perf_counter()
 
         # 3. verify: one target forward over the pending token and the proposals
-        logits = self.target.forward(torch.cat([context[-1:], draft.tokens]))  # [n + 1, V]
+        logits = self.target.forward(torch.cat([context[-1:], proposals]))  # [n + 1, V]
         _sync(self.device)
         t2 = time.perf_counter()
 
         # 4. accept a prefix of the proposals, then add the target's own token
         if sampling.do_sample:
-            accepted, added = accept_sampled(draft.tokens, draft.q_draft, logits, sampling, generator)
+            accepted, added = accept_sampled(proposals, q_draft, logits, sampling, generator)
         else:
-            accepted, added = accept_greedy(draft.tokens, logits)
+            accepted, added = accept_greedy(proposals, logits)
 
         # 5. roll the target back over rejected proposals; the added token becomes the pending one
-        self.target.rollback(len(draft) - accepted)
+        self.target.rollback(proposals.numel() - accepted)
 
-        new = torch.cat([draft.tokens[:accepted], added.view(1)])
+        new = torch.cat([proposals[:accepted], added.view(1)])
+        own = min(accepted, len(draft))  # the drafter's acceptance; the extension's is counted apart
         record = RoundRecord(
             drafter=(draft.source or drafter_name) if len(draft) else drafter_name,
             k=k_run,
             proposed=len(draft),
-            accepted=accepted,
+            accepted=own,
             emitted=accepted + 1,
             context_len=context.numel(),
             draft_s=t1 - t0,
@@ -258,8 +264,26 @@ class SpeculativeEngine:
             draft_probs=draft.probs,
             catchup=draft.catchup,
             k_asked=k if k != k_run else None,
+            extension=extension,
+            extension_accepted=accepted - own,
         )
         return record, new
+
+    def _extended(self, context: torch.Tensor, draft: Draft, extend: int, room: int):
+        """(tokens to verify, their draft distributions or None, extension length): the draft, then what prompt
+        lookup proposes to follow it. Lookup is deterministic, so in sampling its rows are point masses (the
+        acceptance rule stays exact: each proposal's distribution given the ones before it)."""
+        n = min(extend, room)
+        if n <= 0 or not len(draft):
+            return draft.tokens, draft.q_draft, 0
+        extension = self.drafters[EXTENDER].extend(context, draft.tokens, n)
+        if not extension.numel():
+            return draft.tokens, draft.q_draft, 0
+        q_draft = draft.q_draft
+        if q_draft is not None:
+            point = torch.zeros(extension.numel(), q_draft.shape[1], dtype=q_draft.dtype, device=q_draft.device)
+            q_draft = torch.cat([q_draft, point.scatter_(1, extension.view(-1, 1), 1.0)])
+        return torch.cat([draft.tokens, extension]), q_draft, extension.numel()
 
     def _check(self, decision: Decision) -> int:
         k = decision.k
@@ -268,6 +292,12 @@ class SpeculativeEngine:
         if k > 0 and decision.drafter not in self.drafters:
             known = ", ".join(sorted(self.drafters)) or "none"
             raise ValueError(f"decision names unknown drafter {decision.drafter!r} (known: {known})")
+        extend = decision.extend
+        if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+            raise ValueError(f"decision extend must be an int >= 0, got {extend!r}")
+        if extend and not hasattr(self.drafters.get(EXTENDER), "extend"):
+            raise ValueError(f"decision asks for a lookup extension but the engine has no {EXTENDER!r} drafter "
+                             "with extend()")  # fmt: skip
         return k
 
 
