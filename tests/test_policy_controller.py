@@ -303,3 +303,26 @@ def test_round_cost_tables_match_the_cost_model():
                     first = cost.draft_s(1, context) + (first - cost.draft_s(1, context)) / 4.0
                 expected = first + (proposed - 1) * cost.draft_s(1, context) + cost.verify_s(proposed + 1, context)
                 assert costs.model_round("model", proposed, catchup) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lookup_extension_rides_on_model_decisions_and_is_reported():
+    """``lookup_extension`` asks the engine to let prompt lookup continue a model draft; never where lookup is off
+    for the class or speculation is off; the extension's rounds are reported apart from the draft's acceptance."""
+    p = policy(ControllerConfig(lookup_extension=4))
+    warm(p.estimator, "code", 0.95)
+    session = p.start(RequestInfo(request_class="code"))
+    decision = session.decide(state())
+    assert decision.drafter == "model" and decision.extend == 4
+    extended = RoundRecord("model", 16, 8, 8, 12, 100, 0.3, 0.13, tuple([0.9] * 8), extension=4, extension_accepted=3)
+    session.on_round(extended)
+    report = session.finish()
+    assert report.accepted == 8 and report.proposed == 8  # the draft's own acceptance
+    assert report.extra["lookup_extension"] == {"rounds": 1, "proposed": 4, "accepted": 3}
+
+    no_lookup = ControllerConfig(lookup_extension=4, classes={"code": ClassSettings(use_lookup=False)})
+    p = policy(no_lookup)
+    warm(p.estimator, "code", 0.95)
+    assert p.start(RequestInfo(request_class="code")).decide(state()).extend == 0
+    assert policy().start(RequestInfo(request_class="code")).decide(state()).extend == 0  # off by default
+    with pytest.raises(ValueError):
+        ControllerConfig(lookup_extension=-1)

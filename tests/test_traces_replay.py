@@ -49,6 +49,9 @@ SCRIPTS = {
     "hybrid k=5 thr=0.4": [Decision("hybrid", 5, 0.4)],
     "switching": [Decision("model", 3), Decision("none", 0), Decision("lookup", 5), Decision("hybrid", 8, 0.6),
                   Decision("model", 9, 0.35), Decision("none", 0), Decision("none", 0)],
+    "model k=3 + lookup extension 4": [Decision("model", 3, 0.0, 4)],
+    "switching with extensions": [Decision("model", 2, 0.0, 6), Decision("lookup", 5), Decision("hybrid", 4, 0.4, 3),
+                                  Decision("model", 1, 0.0, 16), Decision("none", 0)],
 }
 
 
@@ -86,7 +89,8 @@ def test_replay_matches_engine_round_for_round(traced, script):
         session = policy.start(RequestInfo())
         real = engine.generate(torch.tensor(prompt), session.decide, stop=_stop(engine)).records
         sim = replay(trace, _Scripted(SCRIPTS[script]), flat_cost()).records
-        fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup)  # noqa: E731
+        fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup,  # noqa: E731
+                            r.extension_accepted, r.extension if r.accepted == r.proposed else None)
         assert [fields(r) for r in sim] == [fields(r) for r in real]
         for s, r in zip(sim, real):  # the confidences a controller sees are the engine's, where recorded
             known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]

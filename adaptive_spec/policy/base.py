@@ -80,16 +80,18 @@ class _FixedSession:
 class FixedPolicy:
     """The same decision every round (target-only, a fixed k, a fixed hybrid)."""
 
-    def __init__(self, drafter: str = "none", k: int = 0, threshold: float = 0.0, name: str | None = None):
-        self.decision = Decision(drafter, k, threshold)
-        self.name = name or (f"{drafter} k={k}" + (f" thr={threshold:g}" if threshold else "") if k else "target")
+    def __init__(self, drafter: str = "none", k: int = 0, threshold: float = 0.0, name: str | None = None,
+                 extend: int = 0):  # fmt: skip
+        self.decision = Decision(drafter, k, threshold, extend)
+        label = f"{drafter} k={k}" + (f" thr={threshold:g}" if threshold else "") + (f" +lookup {extend}" if extend else "")
+        self.name = name or (label if k else "target")
 
     def start(self, request: RequestInfo) -> _FixedSession:
         decision = self.decision
         if request.speculation == "off":  # the caller's per-request switch wins over any fixed choice
             decision = PLAIN_STEP
         elif request.max_k is not None and decision.k > request.max_k:
-            decision = Decision(decision.drafter, request.max_k, decision.threshold)
+            decision = Decision(decision.drafter, request.max_k, decision.threshold, decision.extend)
         return _FixedSession(decision, request.request_class)
 
 

@@ -105,6 +105,8 @@ class ControllerConfig(BaseModel):
     probe_k: int = Field(3, ge=1)
     refresh_tokens: int = Field(128, ge=1, description="re-price rounds after the context grows this much")
     catchup_amortize: float = Field(4.0, ge=1, description="model rounds a long draft catch-up is spread over")
+    lookup_extension: int = Field(0, ge=0, le=16, description="after a model-type draft, prompt lookup may append "
+                                  "up to this many tokens continuing it (verified in the same forward)")  # fmt: skip
     pooled_refresh_s: float = Field(10.0, ge=0, description="re-read a drafter's statistics pooled over classes "
                                     "(a cold class's prior) at most this often")  # fmt: skip
 
@@ -235,8 +237,10 @@ class AdaptiveSession:
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
         cap = self.max_k or 64
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
+        extend = config.lookup_extension if self.settings.use_lookup and request.speculation != "off" else 0
+        self.extend = extend
         self.models = {d: _ModelDrafter(d, Decision(d, min(self.settings.for_drafter(d).max_k, cap),
-                                                    self.settings.for_drafter(d).threshold),
+                                                    self.settings.for_drafter(d).threshold, extend),
                                         self._class_side(d, est.estimate(request_class, d))) for d in self.drafters}  # fmt: skip
         self.lookup_blend: dict[str, tuple[array, array]] = {}
         self.lookup = LookupIndex()
@@ -309,7 +313,8 @@ class AdaptiveSession:
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
             cap = self.max_k or 64
-            return Decision(name, min(self.config.probe_k, cap), self.settings.for_drafter(name).threshold), name
+            return Decision(name, min(self.config.probe_k, cap), self.settings.for_drafter(name).threshold,
+                            self.extend), name  # fmt: skip
         return best, best_key
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
@@ -415,13 +420,18 @@ class AdaptiveSession:
         r.rounds += 1
         r.proposed += record.proposed
         r.accepted += record.accepted
+        if record.extension:
+            extension = r.extra.setdefault("lookup_extension", {"rounds": 0, "proposed": 0, "accepted": 0})
+            extension["rounds"] += 1
+            extension["proposed"] += record.extension
+            extension["accepted"] += record.extension_accepted
         name = f"{record.drafter}:{record.k}" if record.k else "plain"
         r.decisions[name] = r.decisions.get(name, 0) + 1
         self.round_s += record.draft_s + record.verify_s
         if self.costs is not None:
             verify = self.costs.verify
             self.plain_priced_s += record.emitted * verify[1]
-            self.verify_priced_s += verify[min(record.proposed + 1, len(verify) - 1)]
+            self.verify_priced_s += verify[min(record.verified, len(verify) - 1)]
             self.verify_measured_s += record.verify_s
 
     def finish(self) -> RequestReport:

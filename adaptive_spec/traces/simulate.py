@@ -113,6 +113,19 @@ def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: f
     return len(probs), min(m, len(probs)), probs
 
 
+def _extension(trace: RequestTrace, i: int, proposed: int, matching: int, room: int) -> tuple[int, int]:
+    """(length, matching) of prompt lookup's extension after a proposal of ``proposed`` tokens at position i.
+
+    Exact when every proposal matched (the extension then continues the target's own text, which the trace's
+    lookup columns describe at i + proposed). After a wrong proposal the extension is rejected whatever it holds;
+    its length, which only prices the verify forward, is taken as the true path's at i + proposed."""
+    j = i + proposed
+    if room <= 0 or proposed == 0 or j >= len(trace.target):
+        return 0, 0
+    length = min(trace.lookup.len[j], room)
+    return length, (min(trace.lookup.match[j], length) if matching == proposed else 0)
+
+
 def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens: int | None = None,
            request_class: str | None = None) -> ReplayResult:  # fmt: skip
     """Replay one request under ``policy``; ``request_class`` overrides the trace's (None: use the trace's)."""
@@ -154,8 +167,12 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             source = name
         elif drafter == HYBRID:
             source = LOOKUP if proposed else drafter
-        verify_s = cost.verify_s(proposed + 1, context_len)
-        emitted = min(matching + 1, n - i)
+        room = min(decision.extend, remaining - 1 - proposed)
+        extension, extension_matching = _extension(trace, i, proposed, matching, room)
+        if extension:
+            draft_s += cost.lookup_s
+        verify_s = cost.verify_s(proposed + extension + 1, context_len)
+        emitted = min(matching + extension_matching + 1, n - i)
         record = RoundRecord(
             drafter=source if proposed else drafter,
             k=k_run,
@@ -168,6 +185,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             draft_probs=tuple(probs),
             catchup=catchup,
             k_asked=decision.k if decision.k != k_run else None,
+            extension=extension,
+            extension_accepted=extension_matching,
         )
         records.append(record)
         session.on_round(record)
