@@ -52,6 +52,7 @@ from adaptive_spec.traces.format import read_traces  # noqa: E402
 from adaptive_spec.traces.simulate import replay, simulate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+EXTENDED = "adaptive + lookup extension (cold)"
 # The fixed set the issue names (model draft k = 1..8, prompt lookup), plus what HEADROOM.md found to be the strongest
 # fixed policies: a confidence-stopped draft and the hybrid (lookup when it proposes, else that draft). The adaptive
 # controller is compared with the best of each: the issue's set, and the stronger set including the hybrids.
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the cost model here, right before the runs (and again after, to report drift), "
                              "instead of using the policy file's; the replay and the controller then use it")
+    parser.add_argument("--lookup-extension", type=int, default=0,
+                        help="also run the controller with this lookup extension (Decision.extend) from its own cold "
+                             "store, beside the policy as committed")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptive")
     args = parser.parse_args()
 
@@ -196,14 +200,22 @@ def main() -> None:
         "adaptive (cold)": lambda ids, row: adaptive.generate(ids, max_new_tokens=args.max_new_tokens,
                                                               prompt_text=row.prompt).result,  # fmt: skip
     }
+    extended_file = None
+    if args.lookup_extension:
+        config = policy_file.controller.model_copy(update={"lookup_extension": args.lookup_extension})
+        extended_file = policy_file.model_copy(update={"controller": config})
+        extended = AdaptiveGenerator(pair.target, pair.draft, tok, policy=policy_from_file(extended_file))
+        configs[EXTENDED] = lambda ids, row: extended.generate(ids, max_new_tokens=args.max_new_tokens,
+                                                               prompt_text=row.prompt).result  # fmt: skip
     if args.skip_hf:
         del configs["hf assisted default"]
     if best_plain.name == best_fixed.name:  # the issue's set already holds the best: one run serves both
         del configs[f"best model-k/lookup ({best_plain.name})"]
-    predicted = predicted_seconds(held_out, policy_file, best_fixed, best_plain, per_class, args.max_new_tokens)
+    predicted = predicted_seconds(held_out, policy_file, best_fixed, best_plain, per_class, args.max_new_tokens,
+                                  extended_file)  # fmt: skip
     warm = chat_ids(tok, "Say hi.")
     for name, run in configs.items():
-        if name != "adaptive (cold)":  # the adaptive store must start empty
+        if name not in ("adaptive (cold)", EXTENDED):  # the adaptive stores must start empty
             run(warm, held_out[0])
 
     rows = []
@@ -269,7 +281,8 @@ def _count(seen: dict, key: str) -> int:
     return seen[key]
 
 
-def predicted_seconds(traces, policy_file, best_fixed, best_plain, per_class, max_new_tokens=None) -> dict[str, dict[int, float]]:
+def predicted_seconds(traces, policy_file, best_fixed, best_plain, per_class, max_new_tokens=None,
+                      extended_file=None) -> dict[str, dict[int, float]]:  # fmt: skip
     """Per configuration and prompt, the time exact replay predicts (the simulator's validation).
 
     The adaptive replay runs on a fresh policy in the same order, so its store evolves as in the real run; it uses
@@ -283,6 +296,9 @@ def predicted_seconds(traces, policy_file, best_fixed, best_plain, per_class, ma
     out = {name: {p: replay(t, pol[p], cost, max_new_tokens).seconds for p, t in enumerate(traces)} for name, pol in policies.items()}
     adaptive = policy_from_file(policy_file)
     out["adaptive (cold)"] = {p: replay(t, adaptive, cost, max_new_tokens).seconds for p, t in enumerate(traces)}
+    if extended_file is not None:
+        extended = policy_from_file(extended_file)
+        out[EXTENDED] = {p: replay(t, extended, cost, max_new_tokens).seconds for p, t in enumerate(traces)}
     return out
 
 
@@ -335,6 +351,7 @@ def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
         "off_path": off,
         "simulated_fixed_tps": sim_fixed,
         "replay_validation": validation(rows),
+        **({"extension_vs_adaptive": tps[EXTENDED]["all"] / tps[adaptive]["all"]} if EXTENDED in tps else {}),
     }
 
 
@@ -362,6 +379,8 @@ def markdown(summary, meta) -> str:
               "(the stronger baseline HEADROOM.md asks to beat: > 1)",
               f"- adaptive / per-category oracle: **{summary['adaptive_vs_per_category_oracle']:.3f}** (bar >= 0.90)",
               f"- worst category, adaptive / target-only: **{summary['worst_category_vs_target']:.3f}** (bar >= 0.98)",
+              *([f"- the controller with the lookup extension / as committed: **{summary['extension_vs_adaptive']:.3f}**"]
+                if "extension_vs_adaptive" in summary else []),
               f"- controller decision cost: p50 {d['p50']:.1f} us, p99 {d['p99']:.1f} us over {d['count']} decisions "
               "(bar p50 <= 50 us)",
               f"- off path ({o['prompts']} prompts): a controller that never speculates, against plain decoding: "
