@@ -120,7 +120,7 @@ def round_robin(traces: list) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", type=Path, required=True)
+    parser.add_argument("--traces", type=Path)
     parser.add_argument("--policy", type=Path, default=ROOT / "policies" / "qwen2.5-coder-cpu.json")
     parser.add_argument("--held-out", type=float, default=0.5,
                         help="share of each category's traces held out (the policy was trained on the rest)")
@@ -142,8 +142,17 @@ def main() -> None:
                         help="also run the controller with this lookup extension (Decision.extend) from its own cold "
                              "store, beside the policy as committed")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptive")
+    parser.add_argument("--exclude-prompts", default=None,
+                        help="with --resummarize: comma-separated prompt indices (0-based) to leave out")
+    parser.add_argument("--resummarize", type=Path, default=None,
+                        help="print the summary of this saved result without --exclude-prompts (no runs)")
     args = parser.parse_args()
+    if args.resummarize:
+        print(resummarize(args.resummarize, {int(p) for p in (args.exclude_prompts or "").split(",") if p}))
+        return
 
+    if args.traces is None:
+        parser.error("--traces is required (unless --resummarize)")
     configure_threads(args.threads)
     policy_file = load_policy_file(args.policy)
     traces = read_traces(args.traces, pair_id=policy_file.pair_id)
@@ -259,6 +268,26 @@ def main() -> None:
     save(summary, len(held_out))
     plot(summary, args.out.with_suffix(".png"))
     print(markdown(summary, meta(len(held_out))))
+
+
+def resummarize(result: Path, exclude: set[int]) -> str:
+    """The summary of a saved run without some prompts (e.g. those that ran while another process competed for
+    the cores): same rows, same ratios, no new measurement."""
+    saved = json.loads(result.read_text())
+    rows = [r for r in saved["runs"] if r["prompt"] not in exclude]
+    names = list(saved["summary"]["tokens_per_s"])
+    summary = summarize(rows, names, [1.0], None, None)
+    kept = len({r["prompt"] for r in rows})
+    lines = [f"Without prompts {sorted(exclude)} ({kept} of {saved['meta']['prompts']} kept):", "",
+             "| config | " + " | ".join(summary["speedup_vs_target"]["target-only"]) + " |",
+             "|---|" + "---|" * len(summary["speedup_vs_target"]["target-only"])]  # fmt: skip
+    for name, row in summary["speedup_vs_target"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.values()) + " |")
+    lines += ["", f"- adaptive / best fixed of the issue's set: **{summary['adaptive_vs_best_plain_fixed']:.3f}**; "
+              f"/ best fixed hybrid: **{summary['adaptive_vs_best_fixed']:.3f}**; / per-category oracle: "
+              f"**{summary['adaptive_vs_per_category_oracle']:.3f}**; worst category / target-only: "
+              f"**{summary['worst_category_vs_target']:.3f}**"]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def fresh_cost(pair):
