@@ -190,15 +190,15 @@ def main() -> None:
                                    pad_token_id=tok.pad_token_id)  # fmt: skip
         return _Result(out.shape[1] - ids.shape[1], time.perf_counter() - start)
 
+    fixed_names = {f"best fixed ({best_fixed.name})": best_fixed.name,
+                   f"best model-k/lookup ({best_plain.name})": best_plain.name}  # fmt: skip
+
     def same_run(name: str, row) -> str:
         """Configurations that are the same fixed policy for this prompt share one run (the oracle often picks the
         best fixed configuration): same tokens, and one measurement instead of two back to back."""
         if name == "per-category oracle":
             return per_class[row.request_class].name
-        for policy in (best_fixed, best_plain):
-            if name == f"best fixed ({policy.name})" or name == f"best model-k/lookup ({policy.name})":
-                return policy.name
-        return name
+        return fixed_names.get(name, name)
 
     configs = {
         "target-only": lambda ids, row: plain_gen.generate(ids, max_new_tokens=args.max_new_tokens).result,

@@ -286,15 +286,13 @@ class SpeculativeEngine:
         return torch.cat([draft.tokens, extension]), q_draft, extension.numel()
 
     def _check(self, decision: Decision) -> int:
-        k = decision.k
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"decision k must be an int >= 0, got {k!r}")
+        k, extend = decision.k, decision.extend
+        for field_name, value in (("k", k), ("extend", extend)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"decision {field_name} must be an int >= 0, got {value!r}")
         if k > 0 and decision.drafter not in self.drafters:
             known = ", ".join(sorted(self.drafters)) or "none"
             raise ValueError(f"decision names unknown drafter {decision.drafter!r} (known: {known})")
-        extend = decision.extend
-        if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
-            raise ValueError(f"decision extend must be an int >= 0, got {extend!r}")
         if extend and not hasattr(self.drafters.get(EXTENDER), "extend"):
             raise ValueError(f"decision asks for a lookup extension but the engine has no {EXTENDER!r} drafter "
                              "with extend()")  # fmt: skip

@@ -236,9 +236,9 @@ class AdaptiveSession:
         self.report = RequestReport(request_class, class_source)
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
         cap = self.max_k or 64
+        self.use_lookup = self.settings.use_lookup and self.mode != "off"
+        self.extend = extend = config.lookup_extension if self.use_lookup else 0
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
-        extend = config.lookup_extension if self.settings.use_lookup and request.speculation != "off" else 0
-        self.extend = extend
         self.models = {d: _ModelDrafter(d, Decision(d, min(self.settings.for_drafter(d).max_k, cap),
                                                     self.settings.for_drafter(d).threshold, extend),
                                         self._class_side(d, est.estimate(request_class, d))) for d in self.drafters}  # fmt: skip
@@ -253,7 +253,6 @@ class AdaptiveSession:
         # decoding of its tokens costs by the cost model, and its verify forwards measured and priced
         self.round_s = self.plain_priced_s = self.verify_measured_s = self.verify_priced_s = 0.0
         # the knobs a round reads, as plain values (pydantic attribute access is slow once the caches are cold)
-        self.use_lookup = self.settings.use_lookup and self.mode != "off"
         self.lookup_k = min(self.settings.lookup_max_k, cap)
         self.lookup_min_ngram = self.settings.lookup_min_ngram
         self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
