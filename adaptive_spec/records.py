@@ -9,8 +9,12 @@ Vocabulary (used the same way everywhere in this package):
 - *extension*: tokens prompt lookup appended after a drafter's proposals, continuing them, verified in the same
   forward; they count neither as proposed nor as accepted (the drafter's acceptance stays its own), but as
   ``extension`` and ``extension_accepted`` (nonzero only when every proposal was accepted).
-- Every round *emits* ``accepted + extension_accepted + 1`` tokens (bonus or recovered), fewer only when a stop
-  rule cuts the round.
+- *siblings*: a model drafter's second choices at uncertain positions, verified beside its first choices in the
+  same forward (greedy only); ``sibling_accepted`` is 1 when the first rejected proposal's sibling was the target's
+  token (it replaces the proposal, and the target adds its token after it). Like the extension, not counted as
+  proposed or accepted.
+- Every round *emits* ``accepted + extension_accepted + sibling_accepted + 1`` tokens (bonus or recovered), fewer
+  only when a stop rule cuts the round.
 - Token-level acceptance rate ``alpha = accepted / proposed`` over many rounds; *mean accepted per round* excludes
   the bonus/recovered token (vLLM's "mean acceptance length" is this plus one).
 
@@ -32,7 +36,7 @@ class RoundRecord:
     k: int  # draft budget the round ran with (the decision, capped by the tokens left to generate)
     proposed: int  # tokens proposed, <= k
     accepted: int  # leading proposed tokens the target accepted, <= proposed
-    emitted: int  # tokens appended this round (accepted + extension_accepted + 1, unless a stop cut it short)
+    emitted: int  # tokens appended (accepted + extension_accepted + sibling_accepted + 1, unless a stop cut it)
     context_len: int  # tokens in the context (prompt + generated) before the round
     draft_s: float  # seconds spent drafting, catch-up included
     verify_s: float  # seconds in the target's forward over the pending token + proposals
@@ -41,11 +45,13 @@ class RoundRecord:
     k_asked: int | None = None  # the k the decision asked for, when the round ran with less (end of budget)
     extension: int = 0  # tokens prompt lookup appended after the proposals (verified with them)
     extension_accepted: int = 0  # of those, accepted (only after every proposal was)
+    siblings: int = 0  # second choices verified beside the proposals (greedy, model-type drafters)
+    sibling_accepted: int = 0  # 1 when the first rejected proposal's sibling was accepted in its place
 
     @property
     def verified(self) -> int:
-        """Tokens in the round's verify forward: the pending token, the proposals and the extension."""
-        return 1 + self.proposed + self.extension
+        """Tokens in the round's verify forward: the pending token, the proposals, the extension, the siblings."""
+        return 1 + self.proposed + self.extension + self.siblings
 
     @property
     def speculative(self) -> bool:

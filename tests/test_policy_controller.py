@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from adaptive_spec.engine import NO_DRAFTER, RoundState
+from adaptive_spec.engine import NO_DRAFTER, PLAIN_STEP, RoundState
 from adaptive_spec.policy.base import RequestInfo
 from adaptive_spec.policy.controller import AdaptivePolicy, ClassSettings, ControllerConfig, DraftSettings
 from adaptive_spec.policy.cost import CostModel, CostTable
@@ -326,3 +326,23 @@ def test_lookup_extension_rides_on_model_decisions_and_is_reported():
     assert policy().start(RequestInfo(request_class="code")).decide(state()).extend == 0  # off by default
     with pytest.raises(ValueError):
         ControllerConfig(lookup_extension=-1)
+
+
+def test_siblings_ride_on_model_decisions_and_are_reported():
+    """``sibling_below`` asks the engine to verify the draft's second choices (greedy); it rides on every model-type
+    decision, probes included, never on a request with speculation off; the report counts the siblings apart."""
+    p = policy(ControllerConfig(sibling_below=0.8))
+    warm(p.estimator, "code", 0.95)
+    session = p.start(RequestInfo(request_class="code"))
+    decision = session.decide(state())
+    assert decision.drafter == "model" and decision.sibling_below == 0.8
+    rescued = RoundRecord("model", 16, 4, 2, 4, 100, 0.3, 0.13, (0.9, 0.9, 0.5, 0.6), siblings=2, sibling_accepted=1)
+    session.on_round(rescued)
+    report = session.finish()
+    assert report.accepted == 2 and report.proposed == 4  # the draft's own acceptance
+    assert report.extra["siblings"] == {"rounds": 1, "verified": 2, "accepted": 1}
+    assert policy().start(RequestInfo(request_class="code")).decide(state()).sibling_below == 0.0  # off by default
+    off = p.start(RequestInfo(request_class="code", speculation="off"))
+    assert off.decide(state()) == PLAIN_STEP
+    with pytest.raises(ValueError):
+        ControllerConfig(sibling_below=1.5)

@@ -31,6 +31,8 @@ class Draft:
     probs: tuple[float, ...] = ()  # the drafter's probability of each proposed token, for records and thresholds
     source: str = ""  # which drafter proposed (a FallbackDrafter reports the member that did)
     catchup: int = 0  # context tokens the drafter had to feed before drafting
+    # (position i among the proposed tokens, token): second choices to verify beside ``tokens[i]`` (greedy only)
+    siblings: tuple[tuple[int, int], ...] = ()
 
     def __len__(self) -> int:
         return self.tokens.numel()
@@ -44,6 +46,7 @@ class DraftRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     threshold: float = 0.0  # model drafters stop after a token whose probability is below this
     generator: torch.Generator | None = None
+    sibling_below: float = 0.0  # greedy: offer the second choice where the first's probability is below this
 
 
 @runtime_checkable
@@ -91,14 +94,21 @@ class ModelDrafter:
         if request.k <= 0:
             return _empty(context, self.name)
         logits, catchup = self._catch_up(context)
-        tokens, rows, probs = [], [], []
+        tokens, rows, probs, siblings = [], [], [], []
+        greedy = not request.sampling.do_sample
         for i in range(request.k):
             if i > 0:  # feed the token just drafted
                 logits = self.lm.forward(tokens[-1].view(1), last_only=True)[-1]
                 self._cached = torch.cat([self._cached, tokens[-1].view(1)])
             q = distribution(logits[None], request.sampling)[0]
-            token = sample(q[None], request.generator)[0] if request.sampling.do_sample else q.argmax()
-            p = q[token].item()
+            if greedy:
+                top = q.topk(2)
+                token, p = top.indices[0], top.values[0].item()
+                if p < request.sibling_below:
+                    siblings.append((i, int(top.indices[1])))
+            else:
+                token = sample(q[None], request.generator)[0]
+                p = q[token].item()
             tokens.append(token)
             rows.append(q)
             probs.append(p)
@@ -110,6 +120,7 @@ class ModelDrafter:
             probs=tuple(probs),
             source=self.name,
             catchup=catchup,
+            siblings=tuple(siblings),
         )
 
 

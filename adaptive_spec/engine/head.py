@@ -39,6 +39,7 @@ class FeatureTap:
         self.target = target
         self.features: torch.Tensor | None = None  # [capacity, H]
         self.handle = final_norm(target.model).register_forward_hook(self._capture)
+        target.listeners.append(self)
 
     def _capture(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if not self.target.forwarding:
@@ -54,12 +55,20 @@ class FeatureTap:
             self.features = grown
         self.features[start : start + n] = h
 
+    @torch.inference_mode()
+    def kept(self, start: int, rows: list[int]) -> None:
+        """The target kept only ``rows`` of a tree forward from ``start`` (``CachedLM.keep``): so do the features."""
+        index = torch.tensor(rows, device=self.features.device) + start
+        self.features[start : start + len(rows)] = self.features.index_select(0, index)
+
     def get(self, n: int) -> torch.Tensor:
         """Features of context positions 0..n-1: [n, H]."""
         return self.features[:n]
 
     def remove(self) -> None:
         self.handle.remove()
+        if self in self.target.listeners:
+            self.target.listeners.remove(self)
 
 
 def head_config(target_config, intermediate_size: int | None = None) -> Qwen2Config:

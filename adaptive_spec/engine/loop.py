@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from ..records import NO_DRAFTER, RoundRecord
 from .accept import accept_greedy, accept_sampled
 from .drafters import Draft, Drafter, DraftRequest
-from .kv import CachedLM
+from .kv import CachedLM, Tree
 from .sampling import GREEDY, SamplingParams, distribution, sample
 from .stopping import StopRule
 
@@ -36,6 +36,9 @@ class Decision:
     # after the drafter's tokens, the engine's prompt-lookup drafter (named "lookup") may append up to this many
     # more that continue them: free to propose, paid only in verify width; the budget still caps the round
     extend: int = 0
+    # greedy only: a model drafter's second choice is verified beside each drafted token it gave probability below
+    # this (a depth-1 token tree, one forward); when the target picks it, the round keeps it and one token more
+    sibling_below: float = 0.0
 
 
 PLAIN_STEP = Decision()
@@ -60,9 +63,9 @@ Decide = Callable[[RoundState], Decision]
 OnRound = Callable[[RoundRecord], None]
 
 
-def fixed(drafter: str, k: int, threshold: float = 0.0, extend: int = 0) -> Decide:
+def fixed(drafter: str, k: int, threshold: float = 0.0, extend: int = 0, sibling_below: float = 0.0) -> Decide:
     """A ``decide`` that always returns the same decision."""
-    decision = Decision(drafter, k, threshold, extend)
+    decision = Decision(drafter, k, threshold, extend, sibling_below)
     return lambda state: decision
 
 
@@ -227,7 +230,7 @@ class SpeculativeEngine:
         # 2. draft
         t0 = time.perf_counter()
         if k_run > 0:
-            request = DraftRequest(k_run, sampling, decision.threshold, generator)
+            request = DraftRequest(k_run, sampling, decision.threshold, generator, decision.sibling_below)
             draft = self.drafters[decision.drafter].propose(context, request)
             assert len(draft) <= k_run, f"drafter {decision.drafter!r} proposed {len(draft)} > k={k_run} tokens"
         else:
@@ -236,28 +239,42 @@ class SpeculativeEngine:
         _sync(self.device)
         t1 = time.perf_counter()
 
-        # 3. verify: one target forward over the pending token and the proposals
-        logits = self.target.forward(torch.cat([context[-1:], proposals]))  # [n + 1, V]
+        # 3. verify: one target forward over the pending token and the proposals (and the siblings, as a tree)
+        siblings = draft.siblings if not sampling.do_sample else ()
+        fed = torch.cat([context[-1:], proposals])
+        tree = None
+        if siblings:
+            fed = torch.cat([fed, torch.tensor([t for _, t in siblings], device=fed.device)])
+            tree = Tree(list(range(-1, proposals.numel())) + [i for i, _ in siblings])
+        start = self.target.seen
+        logits = self.target.forward(fed, tree=tree)  # [fed, V]
         _sync(self.device)
         t2 = time.perf_counter()
 
         # 4. accept a prefix of the proposals, then add the target's own token
+        n = proposals.numel()
         if sampling.do_sample:
             accepted, added = accept_sampled(proposals, q_draft, logits, sampling, generator)
         else:
-            accepted, added = accept_greedy(proposals, logits)
+            accepted, added = accept_greedy(proposals, logits[: n + 1])
 
-        # 5. roll the target back over rejected proposals; the added token becomes the pending one
-        self.target.rollback(proposals.numel() - accepted)
+        # 5. a sibling the target chose replaces the first rejected proposal; roll the target back to the path kept
+        rescued = _rescue(siblings, accepted, int(added))
+        if rescued is None:
+            new = torch.cat([proposals[:accepted], added.view(1)])
+            self.target.rollback(fed.numel() - accepted - 1)
+        else:
+            row = n + 1 + rescued
+            new = torch.cat([proposals[:accepted], added.view(1), logits[row].argmax().view(1)])
+            self.target.keep(start, list(range(accepted + 1)) + [row])
 
-        new = torch.cat([proposals[:accepted], added.view(1)])
         own = min(accepted, len(draft))  # the drafter's acceptance; the extension's is counted apart
         record = RoundRecord(
             drafter=(draft.source or drafter_name) if len(draft) else drafter_name,
             k=k_run,
             proposed=len(draft),
             accepted=own,
-            emitted=accepted + 1,
+            emitted=new.numel(),
             context_len=context.numel(),
             draft_s=t1 - t0,
             verify_s=t2 - t1,
@@ -266,6 +283,8 @@ class SpeculativeEngine:
             k_asked=k if k != k_run else None,
             extension=extension,
             extension_accepted=accepted - own,
+            siblings=len(siblings),
+            sibling_accepted=int(rescued is not None),
         )
         return record, new
 
@@ -296,7 +315,18 @@ class SpeculativeEngine:
         if extend and not hasattr(self.drafters.get(EXTENDER), "extend"):
             raise ValueError(f"decision asks for a lookup extension but the engine has no {EXTENDER!r} drafter "
                              "with extend()")  # fmt: skip
+        below = decision.sibling_below
+        if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0.0 <= below <= 1.0:
+            raise ValueError(f"decision sibling_below must be a probability in [0, 1], got {below!r}")
         return k
+
+
+def _rescue(siblings: tuple[tuple[int, int], ...], accepted: int, added: int) -> int | None:
+    """Index of the sibling standing at the first rejected proposal with the target's token there, if any."""
+    for index, (position, token) in enumerate(siblings):
+        if position == accepted and token == added:
+            return index
+    return None
 
 
 def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:

@@ -7,7 +7,7 @@ sessions drive the real engine and the trace simulator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -81,9 +81,10 @@ class FixedPolicy:
     """The same decision every round (target-only, a fixed k, a fixed hybrid)."""
 
     def __init__(self, drafter: str = "none", k: int = 0, threshold: float = 0.0, name: str | None = None,
-                 extend: int = 0):  # fmt: skip
-        self.decision = Decision(drafter, k, threshold, extend)
-        label = f"{drafter} k={k}" + (f" thr={threshold:g}" if threshold else "") + (f" +lookup {extend}" if extend else "")
+                 extend: int = 0, sibling_below: float = 0.0):  # fmt: skip
+        self.decision = Decision(drafter, k, threshold, extend, sibling_below)
+        label = (f"{drafter} k={k}" + (f" thr={threshold:g}" if threshold else "") + (f" +lookup {extend}" if extend else "")
+                 + (f" +siblings<{sibling_below:g}" if sibling_below else ""))  # fmt: skip
         self.name = name or (label if k else "target")
 
     def start(self, request: RequestInfo) -> _FixedSession:
@@ -91,7 +92,7 @@ class FixedPolicy:
         if request.speculation == "off":  # the caller's per-request switch wins over any fixed choice
             decision = PLAIN_STEP
         elif request.max_k is not None and decision.k > request.max_k:
-            decision = Decision(decision.drafter, request.max_k, decision.threshold, decision.extend)
+            decision = replace(decision, k=request.max_k)
         return _FixedSession(decision, request.request_class)
 
 

@@ -107,6 +107,8 @@ class ControllerConfig(BaseModel):
     catchup_amortize: float = Field(4.0, ge=1, description="model rounds a long draft catch-up is spread over")
     lookup_extension: int = Field(0, ge=0, le=16, description="after a model-type draft, prompt lookup may append "
                                   "up to this many tokens continuing it (verified in the same forward)")  # fmt: skip
+    sibling_below: float = Field(0.0, ge=0, le=1, description="greedy: verify a model-type drafter's second choice "
+                                 "beside each drafted token it gave probability below this (not priced: a bonus)")  # fmt: skip
     pooled_refresh_s: float = Field(10.0, ge=0, description="re-read a drafter's statistics pooled over classes "
                                     "(a cold class's prior) at most this often")  # fmt: skip
 
@@ -239,8 +241,9 @@ class AdaptiveSession:
         self.use_lookup = self.settings.use_lookup and self.mode != "off"
         self.extend = extend = config.lookup_extension if self.use_lookup else 0
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
+        siblings = config.sibling_below if self.mode != "off" else 0.0
         self.models = {d: _ModelDrafter(d, Decision(d, min(self.settings.for_drafter(d).max_k, cap),
-                                                    self.settings.for_drafter(d).threshold, extend),
+                                                    self.settings.for_drafter(d).threshold, extend, siblings),
                                         self._class_side(d, est.estimate(request_class, d))) for d in self.drafters}  # fmt: skip
         self.lookup_blend: dict[str, tuple[array, array]] = {}
         self.lookup = LookupIndex()
@@ -313,7 +316,7 @@ class AdaptiveSession:
             self.probe_turn += 1
             cap = self.max_k or 64
             return Decision(name, min(self.config.probe_k, cap), self.settings.for_drafter(name).threshold,
-                            self.extend), name  # fmt: skip
+                            self.extend, self.config.sibling_below), name  # fmt: skip
         return best, best_key
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
@@ -419,6 +422,11 @@ class AdaptiveSession:
         r.rounds += 1
         r.proposed += record.proposed
         r.accepted += record.accepted
+        if record.siblings:
+            siblings = r.extra.setdefault("siblings", {"rounds": 0, "verified": 0, "accepted": 0})
+            siblings["rounds"] += 1
+            siblings["verified"] += record.siblings
+            siblings["accepted"] += record.sibling_accepted
         if record.extension:
             extension = r.extra.setdefault("lookup_extension", {"rounds": 0, "proposed": 0, "accepted": 0})
             extension["rounds"] += 1
