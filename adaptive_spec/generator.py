@@ -141,7 +141,7 @@ class AdaptiveGenerator:
         if generator is None and kwargs.get("seed") is not None:
             generator = torch.Generator(device=self.engine.device).manual_seed(kwargs["seed"])
         text = kwargs.get("prompt_text") or _user_text(tokenizer, ids)
-        info = RequestInfo(text, ids, kwargs.get("request_class"), max_k, speculation)
+        info = RequestInfo(text, ids, kwargs.get("request_class"), max_k, speculation, sampling.do_sample)
         session = self.policy.start(info)
         result = self.engine.generate(
             ids, session.decide, stop=stop, sampling=sampling, generator=generator,

@@ -344,5 +344,29 @@ def test_siblings_ride_on_model_decisions_and_are_reported():
     assert policy().start(RequestInfo(request_class="code")).decide(state()).sibling_below == 0.0  # off by default
     off = p.start(RequestInfo(request_class="code", speculation="off"))
     assert off.decide(state()) == PLAIN_STEP
+    sampled = p.start(RequestInfo(request_class="code", do_sample=True)).decide(state())
+    assert sampled.drafter == "model" and sampled.sibling_below == 0.0  # greedy only: not asked when sampling
     with pytest.raises(ValueError):
         ControllerConfig(sibling_below=1.5)
+
+
+def test_siblings_are_priced_from_the_requests_own_rounds():
+    """A model round's expected tokens include the siblings it gets accepted: the request's own rounds, blended with
+    a cold-start prior, move the price; without siblings asked the price is the plain one."""
+    p = policy(ControllerConfig(sibling_below=0.9))
+    warm(p.estimator, "code", 0.7)
+    lucky, unlucky = (p.start(RequestInfo(request_class="code")) for _ in range(2))
+    for session, accepted in ((lucky, 1), (unlucky, 0)):
+        session.decide(state())
+        for _ in range(8):
+            session.on_round(RoundRecord("model", 16, 4, 2, 3 + accepted, 100, 0.3, 0.13, (0.9, 0.9, 0.5, 0.6),
+                                         siblings=2, sibling_accepted=accepted))  # fmt: skip
+    rate = lambda session: session._model_rate(session.models["model"], 140)  # noqa: E731
+    assert rate(lucky) > rate(unlucky)
+    plain = policy()
+    warm(plain.estimator, "code", 0.7)
+    unpriced = plain.start(RequestInfo(request_class="code"))
+    unpriced.decide(state())
+    fresh = p.start(RequestInfo(request_class="code"))
+    fresh.decide(state())
+    assert rate(fresh) != rate(unpriced)

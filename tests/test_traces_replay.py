@@ -52,6 +52,9 @@ SCRIPTS = {
     "model k=3 + lookup extension 4": [Decision("model", 3, 0.0, 4)],
     "switching with extensions": [Decision("model", 2, 0.0, 6), Decision("lookup", 5), Decision("hybrid", 4, 0.4, 3),
                                   Decision("model", 1, 0.0, 16), Decision("none", 0)],
+    "model k=4 + siblings": [Decision("model", 4, sibling_below=0.9)],
+    "switching with siblings": [Decision("model", 3, 0.0, 0, 1.0), Decision("hybrid", 5, 0.4, 2, 0.8),
+                                Decision("none", 0), Decision("model", 6, 0.5, 0, 0.95), Decision("lookup", 4)],
 }
 
 
@@ -90,11 +93,28 @@ def test_replay_matches_engine_round_for_round(traced, script):
         real = engine.generate(torch.tensor(prompt), session.decide, stop=_stop(engine)).records
         sim = replay(trace, _Scripted(SCRIPTS[script]), flat_cost()).records
         fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup,  # noqa: E731
-                            r.extension_accepted, r.extension if r.accepted == r.proposed else None)
+                            r.extension_accepted, r.extension if r.accepted == r.proposed else None,
+                            r.sibling_accepted)
         assert [fields(r) for r in sim] == [fields(r) for r in real]
         for s, r in zip(sim, real):  # the confidences a controller sees are the engine's, where recorded
             known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]
             assert [a for a, _ in known] == pytest.approx([b for _, b in known], abs=1e-4)
+            if len(known) == len(s.draft_probs):  # siblings sit where the confidence is low: known everywhere
+                assert s.siblings == r.siblings
+
+
+def test_replay_prices_siblings_from_the_second_choice_column(traced):
+    """Siblings are accepted in the traced runs (the scripts above then compare something), and a trace from before
+    the ``second`` column replays with no siblings rather than failing."""
+    engine, traces = traced
+    script = SCRIPTS["model k=4 + siblings"]
+    rescued = sum(r.sibling_accepted for t in traces for r in replay(t, _Scripted(script), flat_cost()).records)
+    assert rescued > 0
+    old = traces[0].model_copy(deep=True)
+    old.drafts["model"].second = None
+    assert "second" not in old.dump_line()
+    records = replay(RequestTrace.model_validate_json(old.dump_line()), _Scripted(script), flat_cost()).records
+    assert all(r.siblings == 0 == r.sibling_accepted for r in records)
 
 
 def test_trace_file_round_trip_and_errors(traced, tmp_path):

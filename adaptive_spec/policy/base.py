@@ -25,6 +25,7 @@ class RequestInfo:
     request_class: str | None = None  # given by the caller: wins over any classifier
     max_k: int | None = None  # cap on draft length for this request
     speculation: str = "auto"  # "auto" | "on" | "off"
+    do_sample: bool = False  # sampled rather than greedy (some drafting options, e.g. siblings, are greedy-only)
 
 
 @dataclass

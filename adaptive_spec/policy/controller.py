@@ -108,7 +108,7 @@ class ControllerConfig(BaseModel):
     lookup_extension: int = Field(0, ge=0, le=16, description="after a model-type draft, prompt lookup may append "
                                   "up to this many tokens continuing it (verified in the same forward)")  # fmt: skip
     sibling_below: float = Field(0.0, ge=0, le=1, description="greedy: verify a model-type drafter's second choice "
-                                 "beside each drafted token it gave probability below this (not priced: a bonus)")  # fmt: skip
+                                 "beside each drafted token it gave probability below this")  # fmt: skip
     pooled_refresh_s: float = Field(10.0, ge=0, description="re-read a drafter's statistics pooled over classes "
                                     "(a cold class's prior) at most this often")  # fmt: skip
 
@@ -155,12 +155,14 @@ class _RoundCosts:
         first = table.row_value(row, catchup) + self.step_overhead  # = CostModel.draft_s(1, context, catchup)
         return first if catchup == 2 else step + (first - step) / self.amortize
 
-    def model_round(self, drafter: str, proposed: float, catchup: int) -> float:
-        """A model-type round's time: its first draft forward (catching up), proposed - 1 steps, the verify."""
+    def model_round(self, drafter: str, proposed: float, catchup: int, siblings: float = 0.0) -> float:
+        """A model-type round's time: its first draft forward (catching up), proposed - 1 steps, the verify (of the
+        pending token, the proposals and the siblings)."""
         verify, firsts = self.verify, self.first_draft[drafter]
         n = min(max(1, round(proposed)), len(verify) - 2)
+        width = min(n + 1 + round(siblings), len(verify) - 1)
         first = firsts[catchup] if catchup < len(firsts) else self._first_draft(drafter, catchup)
-        return first + (n - 1) * self.draft_step[drafter] + verify[n + 1]
+        return first + (n - 1) * self.draft_step[drafter] + verify[width]
 
 
 class AdaptivePolicy:
@@ -212,7 +214,8 @@ class AdaptivePolicy:
 class _ModelDrafter:
     """One model-type drafter's state in one request, in one small object: a round reads it whole."""
 
-    __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len")
+    __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len", "rounds",
+                 "sibling_accepted", "sibling_verified")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float]):
         self.name, self.decision = name, decision
@@ -220,6 +223,8 @@ class _ModelDrafter:
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
         self.true_len = 0  # context tokens this drafter's cache holds
+        # this request's siblings with this drafter (the decision asks for them): rounds, accepted, verified
+        self.rounds = self.sibling_accepted = self.sibling_verified = 0
 
 
 class AdaptiveSession:
@@ -241,7 +246,7 @@ class AdaptiveSession:
         self.use_lookup = self.settings.use_lookup and self.mode != "off"
         self.extend = extend = config.lookup_extension if self.use_lookup else 0
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
-        siblings = config.sibling_below if self.mode != "off" else 0.0
+        self.sibling_below = siblings = config.sibling_below if self.mode != "off" and not request.do_sample else 0.0
         self.models = {d: _ModelDrafter(d, Decision(d, min(self.settings.for_drafter(d).max_k, cap),
                                                     self.settings.for_drafter(d).threshold, extend, siblings),
                                         self._class_side(d, est.estimate(request_class, d))) for d in self.drafters}  # fmt: skip
@@ -316,7 +321,7 @@ class AdaptiveSession:
             self.probe_turn += 1
             cap = self.max_k or 64
             return Decision(name, min(self.config.probe_k, cap), self.settings.for_drafter(name).threshold,
-                            self.extend, self.config.sibling_below), name  # fmt: skip
+                            self.extend, self.sibling_below), name  # fmt: skip
         return best, best_key
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
@@ -349,7 +354,14 @@ class AdaptiveSession:
             accepted = (model.class_accepted + mine.accepted_tokens) / (model.weight + mine.rounds)
             proposed = (model.class_proposed + mine.draft_tokens) / (model.weight + mine.rounds)
         catchup = context_len - min(model.true_len, context_len - 1)
-        return (accepted + 1.0) / self.costs.model_round(model.name, proposed, catchup)
+        if not model.decision.sibling_below:
+            return (accepted + 1.0) / self.costs.model_round(model.name, proposed, catchup)
+        # siblings: what this request's rounds found, shrunk towards none (counted once seen; a prior of 0.15 accepted
+        # per round, or more, replayed worse on the 52 committed traces: the gain is small and varies by request)
+        w = self.config.generic_prior_weight
+        gain = model.sibling_accepted / (w + model.rounds)
+        width = model.sibling_verified / (w + model.rounds)
+        return (accepted + 1.0 + gain) / self.costs.model_round(model.name, proposed, catchup, width)
 
     def profiled_prior(self, name: str) -> tuple[float, float] | None:
         """The class's profiled (accepted, proposed) for this drafter, if ``train-policy`` measured one.
@@ -412,6 +424,10 @@ class AdaptiveSession:
         if model is not None:
             self.plain_since_model = 0
             model.true_len = record.context_len + min(record.proposed - 1, record.accepted)
+            if record.proposed:
+                model.rounds += 1
+                model.sibling_accepted += record.sibling_accepted
+                model.sibling_verified += record.siblings
         elif record.k == 0:
             self.plain_since_model += 1
         if key != record.drafter:

@@ -79,6 +79,7 @@ GLOBAL_GRID: dict[str, list] = {
     "prior_weight": [4.0, 8.0, 16.0, 32.0],
     "hysteresis": [0.0, 0.05, 0.1],
     "probe_every": [8, 16, 32, 64],
+    "sibling_below": [0.0, 0.7, 0.9],  # priced only where the traces have the draft's second choices
 }
 
 # Fixed configurations the oracles choose from (and the "best single fixed configuration" baseline).

@@ -1,8 +1,8 @@
 """Collecting traces: one target run per request plus two cheap draft passes (see ``format`` for the fields).
 
 1. The target's greedy output, generated with the engine (lookup-else-draft speculation: fastest to collect).
-2. One teacher-forced draft forward over prompt + output gives the draft's greedy token and its probability at
-   every position; match lengths follow from runs of agreement.
+2. One teacher-forced draft forward over prompt + output gives the draft's greedy token, its probability and its
+   second choice at every position; match lengths follow from runs of agreement.
 3. Where the draft is wrong but still confident, a short branch of draft steps records how long a confidence
    threshold would let it keep proposing (rolled back after each branch).
 4. Prompt lookup is deterministic on the context, so its proposal is computed directly at every position.
@@ -64,7 +64,7 @@ class TraceCollector:
         target_s = time.perf_counter() - start
         target = out.new_tokens
         # 2. the draft's greedy token and its probability at every position, in one forward
-        top, p = self._draft_teacher_forced(ids, target)
+        top, p, second = self._draft_teacher_forced(ids, target)
         match = _runs(top == target, self.depth)
         # 3. how far a confident wrong draft keeps going
         diverge = self._divergent_branches(ids, target, top, p)
@@ -85,7 +85,8 @@ class TraceCollector:
             target=target.tolist(),
             drafts={
                 "model": DraftColumns(
-                    top=top.tolist(), p=[round(x, 5) for x in p.tolist()], match=match.tolist(), diverge=diverge
+                    top=top.tolist(), p=[round(x, 5) for x in p.tolist()], match=match.tolist(), diverge=diverge,
+                    second=second.tolist(),
                 )
             },
             lookup=LookupColumns(len=lookup_len, match=lookup_match, ngram=lookup_ngram),
@@ -93,14 +94,15 @@ class TraceCollector:
         )
 
     @torch.inference_mode()
-    def _draft_teacher_forced(self, ids: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft argmax and its probability for each position: rows at prompt[-1], target[0], ..., target[-2]."""
+    def _draft_teacher_forced(self, ids: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Draft argmax, its probability and the second choice for each position: rows at prompt[-1], target[0],
+        ..., target[-2]."""
         sequence = torch.cat([ids, target[:-1]])
         rows = torch.arange(ids.numel() - 1, sequence.numel(), device=ids.device)
         logits = self.draft.model(input_ids=sequence[None], use_cache=False, logits_to_keep=rows).logits[0]
         probs = torch.softmax(logits[:, : self.draft.vocab_size].float(), dim=-1)
-        p, top = probs.max(dim=-1)
-        return top, p
+        best = probs.topk(2, dim=-1)
+        return best.indices[:, 0], best.values[:, 0], best.indices[:, 1]
 
     @torch.inference_mode()
     def _divergent_branches(self, ids, target, top, p) -> dict[int, list[float]]:

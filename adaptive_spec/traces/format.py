@@ -11,6 +11,8 @@ drafted, and the outcome of any drafter at any position depends only on the pref
 - ``top[i]``, ``p[i]``: the draft's greedy token and its probability given the true prefix.
   Its greedy continuation from position i follows the true path while it matches, so
 - ``match[i]``: how many of its greedy tokens from position i match ``target[i:]`` (capped at ``depth``).
+- ``second[i]`` (optional, traces from before it lack it): the draft's second choice given the true prefix: a
+  *sibling* verified beside a wrong ``top[q]`` is accepted exactly when ``second[q] == target[q]``.
 - ``diverge[q]``: at a position q where the draft's token is wrong (``top[q] != target[q]``), the
   probabilities of the draft's own continuation after its wrong token (what a confidence-threshold draft would
   still propose), recorded until a probability falls below ``theta_min`` or for at most 8 tokens. Replay of a
@@ -50,6 +52,7 @@ class DraftColumns(BaseModel):
     p: list[float]
     match: list[int]
     diverge: dict[int, list[float]] = Field(default_factory=dict)
+    second: list[int] | None = None
 
 
 class LookupColumns(BaseModel):
@@ -89,7 +92,8 @@ class RequestTrace(BaseModel):
             raise ValueError("a trace needs at least one generated token")
         columns = {f"lookup.{f}": getattr(self.lookup, f) for f in ("len", "match", "ngram")}
         for name, d in self.drafts.items():
-            columns.update({f"drafts.{name}.{f}": getattr(d, f) for f in ("top", "p", "match")})
+            columns.update({f"drafts.{name}.{f}": getattr(d, f) for f in ("top", "p", "match", "second")
+                            if getattr(d, f) is not None})  # fmt: skip
             if any(m > self.depth or m < 0 for m in d.match):
                 raise ValueError(f"drafts.{name}.match out of range [0, {self.depth}]")
         for name, column in columns.items():
@@ -106,7 +110,7 @@ class RequestTrace(BaseModel):
         return len(self.prompt_ids)
 
     def dump_line(self) -> str:
-        return json.dumps(self.model_dump(by_alias=True), separators=(",", ":"))
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
 
 
 def read_traces(paths: str | os.PathLike | Iterable[str | os.PathLike], pair_id: str | None = None) -> list[RequestTrace]:

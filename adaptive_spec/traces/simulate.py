@@ -3,8 +3,9 @@
 ``replay`` mirrors ``SpeculativeEngine.generate`` round by round: the policy's session gets the same
 ``RoundState`` (the context is the real token ids) and the same ``RoundRecord``s it would get from the engine, the
 draft budget is capped by the tokens left, the model drafter's cache catch-up is tracked as the engine's
-``ModelDrafter`` does it, and a ``hybrid`` drafter uses lookup when it proposes, else the model draft. Only time
-is predicted (from the cost model); tokens, acceptance and decisions are exact (see ``format`` for the limits).
+``ModelDrafter`` does it, a ``hybrid`` drafter uses lookup when it proposes, else the model draft, and siblings
+are priced where the trace has the draft's second choices. Only time is predicted (from the cost model); tokens,
+acceptance and decisions are exact (see ``format`` for the limits).
 """
 
 from __future__ import annotations
@@ -126,6 +127,18 @@ def _extension(trace: RequestTrace, i: int, proposed: int, matching: int, room: 
     return length, (min(trace.lookup.match[j], length) if matching == proposed else 0)
 
 
+def _siblings(trace: RequestTrace, name: str, i: int, matching: int, probs: list[float], below: float) -> tuple[int, int]:
+    """(verified, accepted) siblings of a model proposal at position i: its second choices where its probability
+    was below ``below``. The first wrong token's sibling is accepted when it is the target's token (exact, from the
+    trace's ``second`` column); a trace without that column prices no siblings."""
+    second = trace.drafts[name].second
+    if not below or second is None:
+        return 0, 0
+    uncertain = [j for j, p in enumerate(probs) if p < below]  # NaN (unknown) counts as confident
+    rescued = matching < len(probs) and matching in uncertain and second[i + matching] == trace.target[i + matching]
+    return len(uncertain), int(rescued)
+
+
 def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens: int | None = None,
            request_class: str | None = None) -> ReplayResult:  # fmt: skip
     """Replay one request under ``policy``; ``request_class`` overrides the trace's (None: use the trace's)."""
@@ -147,7 +160,7 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
         decision = session.decide(state)
         k_run = min(decision.k, remaining - 1)
         drafter = decision.drafter if k_run > 0 else NO_DRAFTER
-        proposed = matching = catchup = 0
+        proposed = matching = catchup = siblings = sibling_accepted = 0
         probs: list[float] = []
         draft_s = 0.0
         source = drafter
@@ -164,6 +177,7 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             catchup = draft_states[name].catchup(context_len)
             draft_s += cost.draft_s(proposed, context_len, catchup)
             draft_states[name].after_round(context_len, proposed, trace.drafts[name].match[i])
+            siblings, sibling_accepted = _siblings(trace, name, i, matching, probs, decision.sibling_below)
             source = name
         elif drafter == HYBRID:
             source = LOOKUP if proposed else drafter
@@ -171,8 +185,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
         extension, extension_matching = _extension(trace, i, proposed, matching, room)
         if extension:
             draft_s += cost.lookup_s
-        verify_s = cost.verify_s(proposed + extension + 1, context_len)
-        emitted = min(matching + extension_matching + 1, n - i)
+        verify_s = cost.verify_s(proposed + extension + siblings + 1, context_len)
+        emitted = min(matching + extension_matching + sibling_accepted + 1, n - i)
         record = RoundRecord(
             drafter=source if proposed else drafter,
             k=k_run,
@@ -187,6 +201,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             k_asked=decision.k if decision.k != k_run else None,
             extension=extension,
             extension_accepted=extension_matching,
+            siblings=siblings,
+            sibling_accepted=sibling_accepted,
         )
         records.append(record)
         session.on_round(record)
