@@ -259,7 +259,7 @@ class SpeculativeEngine:
             accepted, added = accept_greedy(proposals, logits[: n + 1])
 
         # 5. a sibling the target chose replaces the first rejected proposal; roll the target back to the path kept
-        rescued = _rescue(siblings, accepted, int(added))
+        rescued = _rescue(siblings, accepted, int(added)) if siblings else None
         if rescued is None:
             new = torch.cat([proposals[:accepted], added.view(1)])
             self.target.rollback(fed.numel() - accepted - 1)
