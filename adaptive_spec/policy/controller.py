@@ -7,16 +7,17 @@ Per round it compares, at the current context length (costs from the calibrated 
   falls below the class's threshold, at most ``max_k`` tokens: (accepted per round + 1) / (draft time + verify
   time), from this request's rounds with that drafter blended with the class's (the class counts as at most
   ``prior_weight`` rounds, so a request unlike its class moves away fast; a class with no rounds of a drafter
-  starts from its profiled prior, else from the drafter's rounds in other classes, else a generic prior);
+  starts from its profiled prior, else from the drafter's rounds in other classes, else a generic prior); with
+  ``sibling_below`` set (greedy requests), plus the siblings this request's rounds got accepted, the verify
+  widened by the siblings they verified;
 - prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
   it came from, or "streak": the previous lookup round was accepted in full, as inside a copied span), blended the
   same way, and the k up to the proposal's length that maximises the expected rate.
 
 Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
-stuck off. Class statistics
-come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round is
-arithmetic on cached numbers.
+stuck off. Class statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request;
+everything per round is arithmetic on cached numbers.
 """
 
 from __future__ import annotations
