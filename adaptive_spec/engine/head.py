@@ -19,7 +19,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, Qwen2Config, Qwen2Model
 
 from .drafters import Draft, DraftRequest
-from .kv import CachedLM
+from .kv import CachedLM, pack
 from .sampling import distribution, sample
 
 
@@ -58,8 +58,7 @@ class FeatureTap:
     @torch.inference_mode()
     def kept(self, start: int, rows: list[int]) -> None:
         """The target kept only ``rows`` of a tree forward from ``start`` (``CachedLM.keep``): so do the features."""
-        index = torch.tensor(rows, device=self.features.device) + start
-        self.features[start : start + len(rows)] = self.features.index_select(0, index)
+        pack(self.features, 0, start, rows)
 
     def get(self, n: int) -> torch.Tensor:
         """Features of context positions 0..n-1: [n, H]."""

@@ -65,17 +65,18 @@ class CachedLM:
     def keep(self, start: int, rows: list[int]) -> None:
         """Of the cache entries from ``start`` on, keep only ``rows`` (offsets from ``start``, increasing), packed
         in that order: a tree forward's accepted path becomes an ordinary prefix."""
-        if rows == list(range(len(rows))):
-            self.rollback(self.seen - start - len(rows))
-            return
-        index = torch.tensor(rows, device=self.device) + start
         for layer in self.cache.layers:
-            for name in ("keys", "values"):
-                cached = getattr(layer, name)
-                cached[:, :, start : start + len(rows)] = cached.index_select(2, index)
+            pack(layer.keys, 2, start, rows)
+            pack(layer.values, 2, start, rows)
         for listener in self.listeners:
             listener.kept(start, rows)
         self.rollback(self.seen - start - len(rows))
+
+
+def pack(tensor: torch.Tensor, dim: int, start: int, rows: list[int]) -> None:
+    """In place along ``dim``: entries ``start + rows`` move to ``start``, ``start + 1``, ... (rows increasing)."""
+    index = torch.tensor(rows, device=tensor.device) + start
+    tensor.narrow(dim, start, len(rows)).copy_(tensor.index_select(dim, index))
 
 
 class Tree:

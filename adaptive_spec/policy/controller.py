@@ -215,7 +215,7 @@ class AdaptivePolicy:
 class _ModelDrafter:
     """One model-type drafter's state in one request, in one small object: a round reads it whole."""
 
-    __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len", "rounds",
+    __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
                  "sibling_accepted", "sibling_verified")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float]):
@@ -224,8 +224,8 @@ class _ModelDrafter:
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
         self.true_len = 0  # context tokens this drafter's cache holds
-        # this request's siblings with this drafter (the decision asks for them): rounds, accepted, verified
-        self.rounds = self.sibling_accepted = self.sibling_verified = 0
+        # this request's siblings with this drafter (when the decision asks for them): accepted, verified
+        self.sibling_accepted = self.sibling_verified = 0
 
 
 class AdaptiveSession:
@@ -351,17 +351,17 @@ class AdaptiveSession:
         mine = self.requests.by_drafter.get(model.name)
         if mine is None:
             accepted, proposed = model.class_accepted / model.weight, model.class_proposed / model.weight
+            rounds = 0
         else:
             accepted = (model.class_accepted + mine.accepted_tokens) / (model.weight + mine.rounds)
             proposed = (model.class_proposed + mine.draft_tokens) / (model.weight + mine.rounds)
+            rounds = mine.speculative_rounds
         catchup = context_len - min(model.true_len, context_len - 1)
-        if not model.decision.sibling_below:
-            return (accepted + 1.0) / self.costs.model_round(model.name, proposed, catchup)
-        # siblings: what this request's rounds found, shrunk towards none (counted once seen; a prior of 0.15 accepted
-        # per round, or more, replayed worse on the 52 committed traces: the gain is small and varies by request)
-        w = self.config.generic_prior_weight
-        gain = model.sibling_accepted / (w + model.rounds)
-        width = model.sibling_verified / (w + model.rounds)
+        # siblings (none unless the decision asks for them): what this request's rounds found, shrunk towards none
+        # (a prior of 0.15 accepted per round, or more, replayed worse on the 52 committed traces: the gain is small
+        # and varies by request)
+        shrink = self.config.generic_prior_weight + rounds
+        gain, width = model.sibling_accepted / shrink, model.sibling_verified / shrink
         return (accepted + 1.0 + gain) / self.costs.model_round(model.name, proposed, catchup, width)
 
     def profiled_prior(self, name: str) -> tuple[float, float] | None:
@@ -425,10 +425,8 @@ class AdaptiveSession:
         if model is not None:
             self.plain_since_model = 0
             model.true_len = record.context_len + min(record.proposed - 1, record.accepted)
-            if record.proposed:
-                model.rounds += 1
-                model.sibling_accepted += record.sibling_accepted
-                model.sibling_verified += record.siblings
+            model.sibling_accepted += record.sibling_accepted
+            model.sibling_verified += record.siblings
         elif record.k == 0:
             self.plain_since_model += 1
         if key != record.drafter:
