@@ -106,6 +106,24 @@ def hindsight(traces, cost, max_new_tokens=None):
             {n: r.throughput() for n, r in runs.items()})
 
 
+def chosen(name: str | None, candidates: list, replay_pick):
+    """The configuration named on the command line (one of ``candidates``), else replay's pick."""
+    if name is None:
+        return replay_pick
+    by_name = {p.name: p for p in candidates}
+    if name not in by_name:
+        raise SystemExit(f"unknown configuration {name!r}; choose from: {', '.join(by_name)}")
+    return by_name[name]
+
+
+def _named_picks(meta: dict) -> str:
+    """A sentence for the report where the command line named a baseline instead of replay's pick."""
+    picks = meta.get("replay_picks", {})
+    named = [f"{meta[key]} (replay picked {picks[key]})" for key in ("best_fixed", "best_plain_fixed")
+             if key in picks and picks[key] != meta.get(key)]  # fmt: skip
+    return f"Named on the command line: {'; '.join(named)}. " if named else ""
+
+
 def round_robin(traces: list) -> list:
     """One prompt of each category in turn (each category's prompts in their given order)."""
     queues = defaultdict(list)
@@ -141,6 +159,12 @@ def main() -> None:
     parser.add_argument("--lookup-extension", type=int, default=0,
                         help="also run the controller with this lookup extension (Decision.extend) from its own cold "
                              "store, beside the policy as committed")  # fmt: skip
+    parser.add_argument("--best-plain", default=None, metavar="NAME",
+                        help="measure this configuration of the issue's set (e.g. 'model k=2') as its best fixed one "
+                             "instead of replay's pick: a calibration taken in a slow spell can make replay pick a "
+                             "weaker one (replay's pick is still printed and saved)")  # fmt: skip
+    parser.add_argument("--best-fixed", default=None, metavar="NAME",
+                        help="the same for the best fixed configuration of the whole set (e.g. 'hybrid k=4 thr=0.7')")
     parser.add_argument("--out", type=Path, default=RESULTS / "adaptive")
     parser.add_argument("--exclude-prompts", default=None,
                         help="with --resummarize: comma-separated prompt indices (0-based) to leave out")
@@ -172,6 +196,9 @@ def main() -> None:
     best_fixed, best_plain, per_class, sim_fixed = hindsight(held_out, policy_file.cost, args.max_new_tokens)
     print(f"best single fixed in hindsight: {best_fixed.name}; of model k / lookup: {best_plain.name}; per class: "
           f"{ {c: p.name for c, p in per_class.items()} }", flush=True)  # fmt: skip
+    replay_picks = {"best_fixed": best_fixed.name, "best_plain_fixed": best_plain.name}
+    best_fixed = chosen(args.best_fixed, FIXED, best_fixed)
+    best_plain = chosen(args.best_plain, PLAIN_FIXED, best_plain)
     adaptive_policy = Timed(policy_from_file(policy_file))  # empty in-memory store: a cold start
     adaptive = AdaptiveGenerator(pair.target, pair.draft, tok, policy=adaptive_policy)
     fixed_gen = AdaptiveGenerator(pair.target, pair.draft, tok, policy=best_fixed)
@@ -235,7 +262,7 @@ def main() -> None:
         return {"prompts": done, "prompts_planned": len(held_out), "partial": done < len(held_out),
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policy": str(args.policy),
                 "traces": str(args.traces), "best_fixed": best_fixed.name, "best_plain_fixed": best_plain.name,
-                "per_category_oracle": {c: p.name for c, p in per_class.items()},
+                "per_category_oracle": {c: p.name for c, p in per_class.items()}, "replay_picks": replay_picks,
                 "command": "python " + " ".join(sys.argv)}  # fmt: skip
 
     def save(summary: dict, done: int) -> None:
@@ -392,7 +419,7 @@ def markdown(summary, meta) -> str:
              f"{meta['prompts']} held-out Spec-Bench prompts (categories in turn), every configuration interleaved per prompt. "
              f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**; of the issue's set (model draft "
              f"k = 1..8, prompt lookup): **{meta.get('best_plain_fixed', meta['best_fixed'])}**. "
-             f"Command: `{meta.get('command', '')}`.", "",
+             + _named_picks(meta) + f"Command: `{meta.get('command', '')}`.", "",
              *([f"**Partial run: {meta['prompts']} of {meta['prompts_planned']} prompts** (saved after each prompt; "
                 "the hindsight choices were made by replay on all of them; no off-path or drift measurement).", ""]
                if meta.get("partial") else []),
