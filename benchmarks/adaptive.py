@@ -9,7 +9,8 @@ back in one process:
 - the best single fixed configuration in hindsight (over model draft k = 1..8, prompt lookup, and the
   confidence-stopped draft and hybrid policies of HEADROOM.md) and the
   per-category oracle (the best fixed configuration of each category in hindsight) — "hindsight" is decided by
-  exact replay of these prompts' own traces, then run for real;
+  exact replay of these prompts' own traces, then run for real (``--best-plain`` / ``--best-fixed`` name the
+  baselines instead, where the calibration was taken in a slow spell);
 - AdaptiveGenerator with the trained policy, starting cold (empty statistics store), classifying each prompt
   itself (no class given).
 
