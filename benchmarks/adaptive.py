@@ -46,6 +46,7 @@ from off_path import summarize as off_summary  # noqa: E402
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
+from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
@@ -105,6 +106,14 @@ def hindsight(traces, cost, max_new_tokens=None):
     by_name = {p.name: p for p in FIXED}
     return (by_name[best], by_name[best_plain], {c: by_name[n] for c, n in per_class.items()},
             {n: r.throughput() for n, r in runs.items()})
+
+
+def saved_cost_model(path: Path) -> CostModel:
+    """The cost model a ``--calibrate`` run measured, from its saved result (replay scripts price with it)."""
+    summary = json.loads(path.read_text())["summary"]
+    if "cost_model" not in summary:
+        raise SystemExit(f"{path} holds no calibrated cost model (run adaptive.py with --calibrate)")
+    return CostModel.model_validate(summary["cost_model"])
 
 
 def chosen(name: str | None, candidates: list, replay_pick):

@@ -26,10 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 from adaptive_spec.generator import policy_from_file  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
-from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
 from adaptive_spec.traces.simulate import simulate  # noqa: E402
+
+from adaptive import saved_cost_model  # noqa: E402  (benchmarks/adaptive.py writes the cost model)
 
 RESULTS = ROOT / "benchmarks" / "results"
 EXTENDS = (0, 2, 4, 8)
@@ -49,7 +50,7 @@ def main() -> None:
 
     policy_file = load_policy_file(args.policy)
     if args.cost_from:
-        cost = CostModel.model_validate(json.loads(args.cost_from.read_text())["summary"]["cost_model"])
+        cost = saved_cost_model(args.cost_from)
         policy_file = policy_file.model_copy(update={"cost": cost})
     cost = policy_file.cost
     traces = list(read_traces(args.traces, pair_id=policy_file.pair_id))

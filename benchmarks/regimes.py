@@ -29,7 +29,7 @@ from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
 from adaptive_spec.traces.simulate import simulate  # noqa: E402
 
-from adaptive import FIXED, PLAIN_FIXED  # noqa: E402  (the same fixed sets as the real-run benchmark)
+from adaptive import hindsight, saved_cost_model  # noqa: E402  (the real-run benchmark's fixed sets and replay)
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONTEXT = 200  # where the regime's shape is read off
@@ -38,19 +38,18 @@ CONTEXT = 200  # where the regime's shape is read off
 def regime(traces, policy_file, cost: CostModel, max_new_tokens: int) -> dict:
     """Replayed speedups over target-only under one cost model, and the shape of that cost model."""
     base = simulate(traces, FixedPolicy(), cost, max_new_tokens).throughput()
-    fixed = {p.name: simulate(traces, p, cost, max_new_tokens).throughput() / base for p in FIXED}
-    plain = {p.name: fixed[p.name] for p in PLAIN_FIXED}
+    best, best_plain, _, throughputs = hindsight(traces, cost, max_new_tokens)
+    fixed = {name: throughput / base for name, throughput in throughputs.items()}
     controller = simulate(traces, policy_from_file(policy_file.model_copy(update={"cost": cost})), cost,
                           max_new_tokens).throughput() / base  # fmt: skip
-    best_plain, best = max(plain, key=plain.get), max(fixed, key=fixed.get)
     target = {n: round(cost.target(n, CONTEXT) * 1e3, 1) for n in (1, 2, 3, 5, 9)}
-    return {"measured_at": cost.measured_at, "target_ms": target,
-            "draft_ms": round(cost.drafts["model"](1, CONTEXT) * 1e3, 1),
-            "c": cost.drafts["model"](1, CONTEXT) / cost.target(1, CONTEXT),
-            "best_plain": best_plain, "best_plain_speedup": plain[best_plain], "best_fixed": best,
-            "best_fixed_speedup": fixed[best], "controller_speedup": controller,
-            "controller_vs_best_plain": controller / plain[best_plain],
-            "controller_vs_best_fixed": controller / fixed[best], "fixed": fixed}  # fmt: skip
+    draft = cost.drafts["model"](1, CONTEXT)
+    return {"measured_at": cost.measured_at, "target_ms": target, "draft_ms": round(draft * 1e3, 1),
+            "c": draft / cost.target(1, CONTEXT), "best_plain": best_plain.name,
+            "best_plain_speedup": fixed[best_plain.name], "best_fixed": best.name,
+            "best_fixed_speedup": fixed[best.name], "controller_speedup": controller,
+            "controller_vs_best_plain": controller / fixed[best_plain.name],
+            "controller_vs_best_fixed": controller / fixed[best.name], "fixed": fixed}  # fmt: skip
 
 
 def main() -> None:
@@ -67,10 +66,7 @@ def main() -> None:
     traces = list(read_traces(args.traces, pair_id=policy_file.pair_id))
     costs = {"policy file": policy_file.cost}
     for path in args.cost_from:
-        saved = json.loads(path.read_text())["summary"]
-        if "cost_model" not in saved:
-            parser.error(f"{path} holds no calibrated cost model (run adaptive.py with --calibrate)")
-        costs[path.name] = CostModel.model_validate(saved["cost_model"])
+        costs[path.name] = saved_cost_model(path)
     rows = {}
     for name, cost in costs.items():
         rows[name] = regime(traces, policy_file, cost, args.max_new_tokens)
