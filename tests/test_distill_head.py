@@ -3,6 +3,8 @@ and drafts losslessly."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from adaptive_spec.distill.vocab import VocabMap
 from adaptive_spec.distill.head import (
     HeadError,
     HeadSettings,
+    _position_loss,
     attach_saved_head,
     build_head,
     head_alpha,
@@ -38,11 +41,11 @@ def setup(tmp_path_factory):
     return target, collection, ids[:30], ids[30:], vmap
 
 
-@pytest.mark.parametrize("bf16_autocast", [False, True])
-def test_head_learns_from_features(setup, tmp_path, bf16_autocast):
+@pytest.mark.parametrize(("bf16_autocast", "prompt_weight"), [(False, 1.0), (True, 1.0), (False, 0.0)])
+def test_head_learns_from_features(setup, tmp_path, bf16_autocast, prompt_weight):
     target, collection, train_ids, test_ids, vmap = setup
     settings = HeadSettings(intermediate_size=64, steps=60, batch_tokens=256, lr=3e-3, warmup=5, checkpoint_every=20,
-                            bf16_autocast=bf16_autocast)  # fmt: skip
+                            bf16_autocast=bf16_autocast, prompt_weight=prompt_weight)  # fmt: skip
     head = build_head(target, vmap, settings)
     before = head_alpha(head, target, collection, test_ids, vmap)
     summary = train_head(head, target, collection, train_ids, vmap, settings, tmp_path)
@@ -52,6 +55,31 @@ def test_head_learns_from_features(setup, tmp_path, bf16_autocast):
     if bf16_autocast:  # the same head kept in bf16 is evaluated in bf16 (it failed on a dtype mismatch)
         in_bf16 = head_alpha(head.to(torch.bfloat16), target, collection, test_ids, vmap)
         assert abs(in_bf16["alpha_1"] - after["alpha_1"]) < 0.1
+
+
+def test_prompt_weight_zero_trains_on_response_positions_only(setup):
+    """A head drafts responses: with prompt_weight 0 the target's distributions over prompt positions do not reach
+    the loss (the prompt still feeds the head as context), and the positions counted are the response's."""
+    target, collection, train_ids, _, vmap = setup
+    ex = collection.example(train_ids[0], hidden=True)
+    prompt_rows = ex.record.prompt_len - 1  # rows 0..prompt_len-2 predict prompt tokens (row r: token r + 1)
+    shuffled = copy.copy(ex)
+    shuffled.topk_probs = ex.topk_probs.clone()
+    shuffled.topk_probs[:prompt_rows] = shuffled.topk_probs[:prompt_rows].flip(-1)
+    embed = target.get_input_embeddings()
+
+    def loss(example, weight):
+        settings = HeadSettings(intermediate_size=64, prompt_weight=weight, unroll=0)
+        return _position_loss(build_head(target, vmap, settings), embed, example, vmap, settings)
+
+    responses_only, shuffled_only = loss(ex, 0.0), loss(shuffled, 0.0)
+    torch.testing.assert_close(responses_only[0], shuffled_only[0])
+    # each response token, and what follows the last (the target's distribution there is stored too)
+    assert responses_only[1] == ex.record.length - ex.record.prompt_len + 1
+    everything = loss(ex, 1.0)
+    assert everything[1] == ex.record.length - 1
+    assert not torch.allclose(everything[0], loss(shuffled, 1.0)[0])
+    assert responses_only[0] < loss(ex, 0.5)[0] < everything[0]
 
 
 def test_training_resumes_to_the_same_head(setup, tmp_path):

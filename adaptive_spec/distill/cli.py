@@ -36,6 +36,7 @@ def distill_command(
     kind: Annotated[str, typer.Option(help="what to train: 'draft' (a small model) or 'head' (on the target's features)")] = "draft",
     head_width: Annotated[int, typer.Option(min=64, help="--kind head: MLP width of the head's layer")] = 2048,
     unroll: Annotated[int, typer.Option(min=0, max=3, help="--kind head: passes on its own predicted features")] = 1,
+    prompt_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="--kind head: loss weight of positions that predict prompt tokens (0: responses only)")] = 1.0,
     batch_tokens: Annotated[int, typer.Option(min=64, help="--kind head: positions per training step")] = 2048,
     batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-4,
@@ -66,9 +67,9 @@ def distill_command(
 
 
 def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind,
-         head_width, unroll, batch_tokens, batch_examples, lr, bf16_autocast, max_tokens, max_new_tokens, top_k,
-         hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples, skip_bad_rows, target,
-         draft, pair, dtype, threads):  # fmt: skip
+         head_width, unroll, prompt_weight, batch_tokens, batch_examples, lr, bf16_autocast, max_tokens,
+         max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples,
+         skip_bad_rows, target, draft, pair, dtype, threads):  # fmt: skip
     from ..cli import UserError
     from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
     from ..runtime import eos_ids
@@ -92,7 +93,7 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
             generic_k=_ks(generic_k, "--generic-k"), head_k=_ks(custom_k, "--custom-k"),
             collect=CollectSettings(top_k=top_k, hidden_states=True, max_tokens=max_tokens, max_new_tokens=max_new_tokens),
             head=HeadSettings(intermediate_size=head_width, steps=steps, batch_tokens=batch_tokens, lr=lr,
-                              unroll=unroll, seed=seed, bf16_autocast=bf16_autocast),
+                              unroll=unroll, seed=seed, bf16_autocast=bf16_autocast, prompt_weight=prompt_weight),
         )  # fmt: skip
     else:
         settings = DistillSettings(

@@ -61,6 +61,9 @@ class HeadSettings(BaseModel):
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
     bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward/backward (weights stay float32)")
+    prompt_weight: float = Field(1.0, ge=0, le=1, description="loss weight of the positions that predict prompt "
+                                 "tokens; a head drafts only responses, so 0 trains on those alone (the prompt "
+                                 "is still read as context)")  # fmt: skip
 
 
 class HeadFileConfig(BaseModel):
@@ -118,20 +121,40 @@ def _position_loss(head: DraftHead, embed, ex, vmap: VocabMap, settings: HeadSet
     ids = vmap.to_draft(ex.topk_ids[1:])  # [n-1, K] rows 1..n-1: what follows x_{i+1}
     probs = ex.topk_probs[1:] * (ids != vmap.other_id)
     ids = ids.clamp(max=vmap.size - 1)
+    weights = _row_weights(n - 1, ex.record.prompt_len, settings.prompt_weight)  # None: every row counts fully
+    counted = n - 1 if weights is None else int((weights > 0).sum())
+    if counted == 0:
+        return None
     total = torch.zeros(())
     agree = 0
     inputs = features
     for step in range(settings.unroll + 1):
         predicted, logits = head(inputs, tokens)
         logp = torch.log_softmax(logits[0].float(), dim=-1)
-        ce = -(probs * logp.gather(1, ids)).sum()
-        reg = F.smooth_l1_loss(predicted[0], target_features, reduction="sum") / hidden.shape[1]
+        if weights is None:
+            ce = -(probs * logp.gather(1, ids)).sum()
+            reg = F.smooth_l1_loss(predicted[0], target_features, reduction="sum") / hidden.shape[1]
+        else:
+            ce = -((probs * logp.gather(1, ids)).sum(1) * weights).sum()
+            per_row = F.smooth_l1_loss(predicted[0].float(), target_features, reduction="none").sum(1)
+            reg = (per_row * weights).sum() / hidden.shape[1]
         total = total + ce + settings.feature_weight * reg
         if step == 0:
-            agree = int((logp.argmax(-1) == ids[:, 0]).sum())
+            hits = logp.argmax(-1) == ids[:, 0]
+            agree = int(hits.sum() if weights is None else hits[weights > 0].sum())
         # next pass reads the head's own predictions, shifted: (g_i, x_{i+1}) for i >= 1, (f_0, x_1) first
         inputs = torch.cat([features[:, :1], predicted[:, :-1].detach()], dim=1)
-    return total, n - 1, agree
+    return total, counted, agree
+
+
+def _row_weights(rows: int, prompt_len: int, prompt_weight: float) -> torch.Tensor | None:
+    """Loss weight of each row of ``_position_loss`` (row i predicts token i + 2): ``prompt_weight`` where that
+    token is part of the prompt, 1 for response tokens; None when all weigh 1 (the plain sum, bit for bit)."""
+    if prompt_weight == 1.0:
+        return None
+    weights = torch.ones(rows)
+    weights[: max(prompt_len - 2, 0)] = prompt_weight
+    return weights
 
 
 def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection, train_ids: Sequence[str],
