@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from adaptive import saved_cost_model  # noqa: E402  (benchmarks/adaptive.py)
 
 from adaptive_spec.distill.collect import ChatEncoder, Collection, CollectSettings, collect  # noqa: E402
-from adaptive_spec.distill.head import load_head  # noqa: E402
+from adaptive_spec.distill.head import head_inputs, load_head, own_feature_passes  # noqa: E402
 from adaptive_spec.distill.traffic import read_traffic  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 
@@ -53,23 +53,21 @@ def true_path_ranks(head, embed, collection: Collection, ids: list[str], depth: 
     to_head[head.vocab_map] = torch.arange(head.vocab_map.numel())
     out = []
     for ex in collection.examples(ids, hidden=True):
-        hidden = ex.hidden.float()
-        n = hidden.shape[0]
+        n = ex.hidden.shape[0]
         anchors = torch.arange(max(ex.record.prompt_len - 2, 0), n - 1 - depth)
         if len(anchors) == 0:
             continue
         top1 = ex.topk_ids[:, 0]
-        features, tokens = hidden[:-1][None], embed(ex.tokens[1:])[None].float()
-        inputs, ranks = features, []
-        for j in range(depth):
-            predicted, logits = head(inputs, tokens)  # row r guesses x_{r+2}, whose truth is top1[r + 1]
+        features, tokens = head_inputs(ex, embed, torch.float32)
+        ranks = []
+        for j, (_, logits) in enumerate(own_feature_passes(head, features, tokens, depth)):
+            # row r guesses x_{r+2}, whose truth is top1[r + 1]
             rows = anchors + j
             truth = top1[rows + 1]
             idx = torch.where(truth < to_head.numel(), to_head[truth.clamp(max=to_head.numel() - 1)], -1)
             scores = logits[0, rows]
             rank = (scores > scores.gather(1, idx.clamp(min=0)[:, None])).sum(1)
             ranks.append(torch.where(idx < 0, head.vocab_map.numel(), rank))
-            inputs = torch.cat([features[:, :1], predicted[:, :-1]], dim=1)  # next depth reads the head's features
         out.append(torch.stack(ranks, 1))
     return torch.cat(out)
 

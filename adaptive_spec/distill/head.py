@@ -115,8 +115,7 @@ def _position_loss(head: DraftHead, embed, ex, vmap: VocabMap, settings: HeadSet
     n = hidden.shape[0]
     if n < 3:
         return None
-    features = hidden[:-1][None]  # f_0..f_{n-2}
-    tokens = embed(ex.tokens[1:])[None].float()  # x_1..x_{n-1}
+    features, tokens = head_inputs(ex, embed, torch.float32)
     target_features = hidden[1:]  # f_1..f_{n-1}
     ids = vmap.to_draft(ex.topk_ids[1:])  # [n-1, K] rows 1..n-1: what follows x_{i+1}
     probs = ex.topk_probs[1:] * (ids != vmap.other_id)
@@ -127,9 +126,7 @@ def _position_loss(head: DraftHead, embed, ex, vmap: VocabMap, settings: HeadSet
         return None
     total = torch.zeros(())
     agree = 0
-    inputs = features
-    for step in range(settings.unroll + 1):
-        predicted, logits = head(inputs, tokens)
+    for step, (predicted, logits) in enumerate(own_feature_passes(head, features, tokens, settings.unroll + 1)):
         logp = torch.log_softmax(logits[0].float(), dim=-1)
         if weights is None:
             ce = -(probs * logp.gather(1, ids)).sum()
@@ -142,9 +139,29 @@ def _position_loss(head: DraftHead, embed, ex, vmap: VocabMap, settings: HeadSet
         if step == 0:
             hits = logp.argmax(-1) == ids[:, 0]
             agree = int(hits.sum() if weights is None else hits[weights > 0].sum())
-        # next pass reads the head's own predictions, shifted: (g_i, x_{i+1}) for i >= 1, (f_0, x_1) first
-        inputs = torch.cat([features[:, :1], predicted[:, :-1].detach()], dim=1)
     return total, counted, agree
+
+
+def head_inputs(ex, embed, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collected example as the head reads it: row r holds the target's feature f_r and the embedding of x_{r+1}
+    (rows 0..n-2), so row r predicts x_{r+2}."""
+    return ex.hidden[:-1][None].to(dtype), embed(ex.tokens[1:])[None].to(dtype)
+
+
+def own_feature_passes(head: DraftHead, features: torch.Tensor, tokens: torch.Tensor, passes: int):
+    """Yield (predicted features, logits) of ``passes`` teacher-forced passes over one example.
+
+    The first pass reads the target's features; each later pass reads the head's own predictions from the pass
+    before, shifted one row (row r gets g_{r-1}, row 0 keeps f_0). So pass j's row r is the head's (j+1)-th draft
+    token from anchor r - j, drafted the way the engine drafts it. Training, ``head_alpha`` and the tree benchmark
+    share this; predictions are detached, so later passes do not train earlier ones through their inputs.
+    """
+    inputs = features
+    for j in range(passes):
+        predicted, logits = head(inputs, tokens)
+        yield predicted, logits
+        if j + 1 < passes:
+            inputs = torch.cat([features[:, :1], predicted[:, :-1].detach()], dim=1)
 
 
 def _row_weights(rows: int, prompt_len: int, prompt_weight: float) -> torch.Tensor | None:
@@ -242,26 +259,20 @@ def head_alpha(head: DraftHead, target: PreTrainedModel, collection: Collection,
     dtype = next(head.parameters()).dtype  # a head kept in bf16 reads bf16 features
     tried, hit = [0] * depth, [0] * depth
     for ex in collection.examples(ids, hidden=True):
-        hidden = ex.hidden.to(dtype)
-        n = hidden.shape[0]
+        n = ex.hidden.shape[0]
         if n < depth + 2:
             continue
         top1 = ex.topk_ids[:, 0]
-        features = hidden[:-1][None]  # row r reads f_r ...
-        tokens = embed(ex.tokens[1:])[None].to(dtype)  # ... and x_{r+1}
+        features, tokens = head_inputs(ex, embed, dtype)
         anchors = n - 1 - depth  # anchors i whose first `depth` draft tokens all have a truth
         ok = torch.ones(anchors, dtype=torch.bool)
-        inputs = features
-        for j in range(depth):
-            predicted, logits = head(inputs, tokens)
+        for j, (_, logits) in enumerate(own_feature_passes(head, features, tokens, depth)):
             guess = vmap.to_target(logits[0].argmax(-1))  # row r guesses x_{r+2}; truth top1[r+1]
             # anchor i's (j+1)-th draft token is row i + j's guess
             rows = torch.arange(anchors) + j
             tried[j] += int(ok.sum())
             ok = ok & (guess[rows] == top1[rows + 1])
             hit[j] += int(ok.sum())
-            # the next draft token reads the head's own predicted feature (row r gets g from row r - 1)
-            inputs = torch.cat([features[:, :1], predicted[:, :-1]], dim=1)
     return {f"alpha_{j + 1}": hit[j] / tried[j] if tried[j] else None for j in range(depth)}
 
 
