@@ -17,6 +17,9 @@ Only shapes the calibrated table covers (1 + nodes <= its widest forward) are pr
     # the target's own responses: a collection of `distill --kind head` on rows without responses
     python benchmarks/head_tree.py --head-dir heads/qwen2.5-coder-code --collection runs/head/collection \
         --only generated --out benchmarks/results/head_tree_generated
+    # two heads trained on different rows, compared on rows neither trained on
+    python benchmarks/head_tree.py --head-dir runs/big --collection runs/big/collection --only given \
+        --select runs/big/heldout.jsonl --exclude head_traffic.jsonl --out runs/small_vs_big
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from adaptive import saved_cost_model  # noqa: E402  (benchmarks/adaptive.py)
 
-from adaptive_spec.distill.collect import ChatEncoder, Collection, CollectSettings, collect  # noqa: E402
+from adaptive_spec.distill.collect import ChatEncoder, Collection, CollectSettings, collect, example_id  # noqa: E402
 from adaptive_spec.distill.head import head_inputs, load_head, own_feature_passes  # noqa: E402
 from adaptive_spec.distill.traffic import read_traffic  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
@@ -70,6 +73,11 @@ def true_path_ranks(head, embed, collection: Collection, ids: list[str], depth: 
             ranks.append(torch.where(idx < 0, head.vocab_map.numel(), rank))
         out.append(torch.stack(ranks, 1))
     return torch.cat(out)
+
+
+def row_ids(path: Path) -> set[str]:
+    """The ids a collection stores a traffic file's rows under."""
+    return {example_id(row) for row in read_traffic(path).rows}
 
 
 def shape_figures(ranks: torch.Tensor, shape: tuple[int, ...], cost, context: int, head_s: float) -> dict:
@@ -143,6 +151,11 @@ def main() -> None:
                         help="traffic rows to collect into --collection first (rows with responses; resumes)")
     parser.add_argument("--only", choices=["generated", "given", "all"], default="generated",
                         help="which examples: responses the target wrote, given ones, or both")
+    parser.add_argument("--select", type=Path, default=None,
+                        help="traffic rows (JSONL) whose ids are measured, e.g. a run's heldout.jsonl (default: all)")
+    parser.add_argument("--exclude", type=Path, action="append", default=[],
+                        help="traffic rows (JSONL) whose ids are left out, e.g. another head's training traffic, "
+                             "so heads trained on different rows meet on rows neither saw (repeatable)")
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--cost", type=Path, default=RESULTS / "adaptive_siblings.json",
                         help="a calibrated run's result (adaptive.py --calibrate) for the verify widths")
@@ -165,8 +178,13 @@ def main() -> None:
     head = load_head(args.head_dir, target).float()
     collection = Collection(args.collection)
     ids = [e.id for e in collection.manifest.examples if args.only == "all" or e.response == args.only]
+    if args.select is not None:
+        chosen = row_ids(args.select)
+        ids = [i for i in ids if i in chosen]
+    left_out = set().union(*map(row_ids, args.exclude))
+    ids = [i for i in ids if i not in left_out]
     if not ids:
-        raise SystemExit(f"{args.collection} has no {args.only!r} examples")
+        raise SystemExit(f"{args.collection} has no {args.only!r} examples (after --select / --exclude)")
     ranks = true_path_ranks(head, target.get_input_embeddings(), collection, ids, args.depth)
     cost = saved_cost_model(args.cost)
     ratio = args.head_vs_target or json.loads((RESULTS / "head.json").read_text())["cost"]["head_vs_target"]
@@ -176,6 +194,8 @@ def main() -> None:
         coverage[b] = shape_figures(ranks, (b,) * args.depth, cost, args.context, head_s)["alpha"]
     shapes = [shape_figures(ranks, s, cost, args.context, head_s) for s in SHAPES if len(s) <= args.depth]
     result = {"meta": {"head_dir": str(args.head_dir), "collection": str(args.collection), "only": args.only,
+                       "select": shown(args.select) if args.select else None,
+                       "exclude": [shown(p) for p in args.exclude],
                        "examples": len(ids), "anchors": len(ranks), "depth": args.depth, "cost_model": shown(args.cost),
                        "context": args.context, "head_vs_target": ratio, "torch": torch.__version__,
                        "goal": args.goal, "seconds": round(time.perf_counter() - started, 1)},
