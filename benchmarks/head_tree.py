@@ -123,11 +123,14 @@ def markdown(result: dict) -> str:
     lines = ["# Draft head: chain or tree? (teacher forced, true-path ranks)", "",
              f"Head `{m['head_dir']}` on {m['anchors']} response positions of {m['examples']} examples of "
              f"`{m['collection']}`; priced with `{m['cost_model']}` at context {m['context']} (head "
-             f"{m['head_vs_target']:.3f} of a target forward per depth).", "",
-             "Top-b coverage per depth along the true path (α_j: the target's token is inside the head's top b at "
-             "depth j, given it was at every earlier depth):", "",
-             "| b | " + " | ".join(f"α_{j + 1}" for j in range(m["depth"])) + " |",
-             "|---|" + "---|" * m["depth"]]  # fmt: skip
+             f"{m['head_vs_target']:.3f} of a target forward per depth).", ""]
+    if m.get("select") or m.get("exclude"):
+        lines += [f"Examples: those of `{m['select'] or 'all'}`, less those of "
+                  f"{', '.join(f'`{e}`' for e in m['exclude']) or 'none'}.", ""]
+    lines += ["Top-b coverage per depth along the true path (α_j: the target's token is inside the head's top b at "
+              "depth j, given it was at every earlier depth):", "",
+              "| b | " + " | ".join(f"α_{j + 1}" for j in range(m["depth"])) + " |",
+              "|---|" + "---|" * m["depth"]]  # fmt: skip
     for b, alphas in result["coverage"].items():
         lines.append(f"| {b} | " + " | ".join(f"{a:.3f}" for a in alphas) + " |")
     lines += ["", "| shape (candidates per depth) | nodes | accepted per round | est. speedup over plain |",
