@@ -82,18 +82,61 @@ def test_prompt_weight_zero_trains_on_response_positions_only(setup):
     assert responses_only[0] < loss(ex, 0.5)[0] < everything[0]
 
 
+def test_head_alpha_counts_drafts_of_response_tokens_only(setup, monkeypatch):
+    """The engine drafts only after the prompt: head_alpha's default counts drafts whose first token is a response
+    token, so the target's top-1 inside the prompt cannot move it; response_only=False counts every position."""
+    target, collection, _, test_ids, vmap = setup
+    head = build_head(target, vmap, HeadSettings(intermediate_size=64))
+    examples = list(collection.examples(test_ids, hidden=True))
+
+    def alpha(edit, **kw):
+        edited = []
+        for ex in examples:
+            ex = copy.copy(ex)
+            ex.record, ex.topk_ids = ex.record.model_copy(), ex.topk_ids.clone()
+            edit(ex)
+            edited.append(ex)
+        monkeypatch.setattr(collection, "examples", lambda ids, hidden=False: iter(edited))
+        return head_alpha(head, target, collection, test_ids, vmap, **kw)
+
+    def keep(ex):
+        pass
+
+    def corrupt_prompt(ex):  # rows before prompt_len - 1 predict prompt tokens
+        ex.topk_ids[: ex.record.prompt_len - 1, 0] = (ex.topk_ids[: ex.record.prompt_len - 1, 0] + 1) % VOCAB
+
+    def all_prompt(ex):
+        ex.record.prompt_len = ex.record.length
+
+    def one_token_prompt(ex):
+        ex.record.prompt_len = 1
+
+    assert alpha(corrupt_prompt) == alpha(keep)
+    assert alpha(one_token_prompt) == alpha(keep, response_only=False)
+    assert all(v is None for v in alpha(all_prompt).values())
+    assert alpha(all_prompt, response_only=False)["alpha_1"] is not None  # later ones need a first hit
+
+
 def test_training_resumes_to_the_same_head(setup, tmp_path):
     target, collection, train_ids, _, vmap = setup
     settings = HeadSettings(intermediate_size=64, steps=30, batch_tokens=128, checkpoint_every=10, seed=3)
     straight = build_head(target, vmap, settings)
-    train_head(straight, target, collection, train_ids, vmap, settings, tmp_path / "a")
+    whole = train_head(straight, target, collection, train_ids, vmap, settings, tmp_path / "a")
     (tmp_path / "b").mkdir()
     interrupted = build_head(target, vmap, settings)
     train_head(interrupted, target, collection, train_ids, vmap, settings.model_copy(update={"steps": 20}), tmp_path / "b")
     resumed = build_head(target, vmap, settings)
-    train_head(resumed, target, collection, train_ids, vmap, settings, tmp_path / "b")
+    summary = train_head(resumed, target, collection, train_ids, vmap, settings, tmp_path / "b")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+    # the summary describes the whole run, also when a finished training is run again (distill re-run to re-save)
+    rerun = build_head(target, vmap, settings)
+    again = train_head(rerun, target, collection, train_ids, vmap, settings, tmp_path / "b")
+    for result in (summary, again):
+        assert result["steps"] == 30
+        assert result["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
+        assert result["train_top1_agreement"] == pytest.approx(whole["train_top1_agreement"], rel=1e-5)
+    assert again["seconds"] == pytest.approx(summary["seconds"], abs=0.05)
 
 
 @pytest.mark.parametrize("quantize", [False, True])
@@ -133,6 +176,13 @@ def test_distill_kind_head_end_to_end(tmp_path):
     assert (tmp_path / "out" / "head.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()
     assert evaluation["cost_per_token_ms"]["head"] > 0
     assert evaluation["end_to_end"]["outputs_equal_target_share"] == 1.0  # float32: lossless
+    # the held-out chain is saved with the head, for the controller's cold start in those classes
+    from adaptive_spec.distill.head import head_heldout_alpha
+
+    saved = head_heldout_alpha(tmp_path / "out")
+    assert saved and set(saved) <= set(evaluation["alpha"])
+    for cls, chain in saved.items():
+        assert chain[0] == pytest.approx(evaluation["alpha"][cls]["alpha_1"], abs=1e-4)
 
 
 def test_a_saved_head_is_priced_and_chosen_by_the_controller(setup, tmp_path):
@@ -147,7 +197,7 @@ def test_a_saved_head_is_priced_and_chosen_by_the_controller(setup, tmp_path):
     settings = HeadSettings(intermediate_size=64, steps=20, batch_tokens=256)
     head = build_head(target, vmap, settings)
     train_head(head, target, collection, train_ids, vmap, settings, tmp_path / "ckpt")
-    save_head(head, target, tmp_path / "head", {"steps": 20})
+    save_head(head, target, tmp_path / "head", {"steps": 20}, heldout_alpha={"code": [0.7, 0.6]})
     cost = calibrate_pair(target, None, "tiny", "float32", reps=1, heads={"head": tmp_path / "head"})
     assert set(cost.drafts) == {"head"}
     table = cost.drafts["head"]

@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,9 @@ class HeadFileConfig(BaseModel):
     vocab: list[int]  # head id -> target id
     quantized: bool = False
     training: dict = Field(default_factory=dict)
+    # per class of the training traffic: teacher-forced acceptance of draft positions 1..n on held-out rows (drafts
+    # of response tokens); the controller's cold start for the head in those classes
+    heldout_alpha: dict[str, list[Annotated[float, Field(ge=0, le=1)]]] = Field(default_factory=dict)
 
 
 # --- building ------------------------------------------------------------------------------------------------------
@@ -184,7 +188,7 @@ def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings))
     rng = random.Random(settings.seed)
     order: list[str] = []
-    step, losses, agree, seen = 0, [], 0, 0
+    step, losses, agree, seen, seconds_before = 0, [], 0, 0, 0.0
     checkpoint = out / CHECKPOINT
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)  # our own file, written by this function
@@ -194,6 +198,9 @@ def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection,
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         step, order = state["step"], state["order"]
+        # the run's figures so far, so a resumed (or finished and re-run) training reports the whole run
+        losses, agree, seen = list(state.get("losses", [])), state.get("agree", 0), state.get("seen", 0)
+        seconds_before = state.get("seconds", 0.0)
     start = time.perf_counter()
     head.train()
     while step < settings.steps:
@@ -225,10 +232,12 @@ def train_head(head: DraftHead, target: PreTrainedModel, collection: Collection,
             _atomic_torch_save(checkpoint, {
                 "head": head.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "step": step, "order": order,
+                "losses": losses, "agree": agree, "seen": seen, "seconds": seconds_before + time.perf_counter() - start,
             })  # fmt: skip
     head.eval()
     return {"steps": step, "final_loss": float(sum(losses[-20:]) / max(len(losses[-20:]), 1)) if losses else None,
-            "train_top1_agreement": agree / seen if seen else None, "seconds": time.perf_counter() - start}  # fmt: skip
+            "train_top1_agreement": agree / seen if seen else None,
+            "seconds": seconds_before + time.perf_counter() - start}  # fmt: skip
 
 
 def _lr_factor(step: int, settings: HeadSettings) -> float:
@@ -249,11 +258,13 @@ def _atomic_torch_save(path: Path, obj) -> None:
 
 @torch.inference_mode()
 def head_alpha(head: DraftHead, target: PreTrainedModel, collection: Collection, ids: Sequence[str],
-               vmap: VocabMap, depth: int = 4) -> dict:  # fmt: skip
+               vmap: VocabMap, depth: int = 4, response_only: bool = True) -> dict:  # fmt: skip
     """Teacher-forced acceptance: position 1 from true features, positions 2..depth from the head's own.
 
     ``alpha_1`` is the share of positions where the head's first draft token is the target's top-1; ``alpha_j``
     the share where its j-th draft token (drafted from its own predicted features) is, given the first j-1 were.
+    ``response_only``: count only drafts whose first token is a response token, as in generation (the engine never
+    drafts inside the prompt; prompt rows, often the same source the head trained on, inflate alpha).
     """
     embed = target.get_input_embeddings()
     dtype = next(head.parameters()).dtype  # a head kept in bf16 reads bf16 features
@@ -264,12 +275,17 @@ def head_alpha(head: DraftHead, target: PreTrainedModel, collection: Collection,
             continue
         top1 = ex.topk_ids[:, 0]
         features, tokens = head_inputs(ex, embed, dtype)
-        anchors = n - 1 - depth  # anchors i whose first `depth` draft tokens all have a truth
-        ok = torch.ones(anchors, dtype=torch.bool)
+        # anchors i whose first `depth` draft tokens all have a truth (and, response_only, the first is a response
+        # token: anchor i drafts x_{i+2}, the response starts at x_{prompt_len})
+        first = max(ex.record.prompt_len - 2, 0) if response_only else 0
+        if first >= n - 1 - depth:
+            continue
+        anchors = torch.arange(first, n - 1 - depth)
+        ok = torch.ones(anchors.numel(), dtype=torch.bool)
         for j, (_, logits) in enumerate(own_feature_passes(head, features, tokens, depth)):
             guess = vmap.to_target(logits[0].argmax(-1))  # row r guesses x_{r+2}; truth top1[r+1]
             # anchor i's (j+1)-th draft token is row i + j's guess
-            rows = torch.arange(anchors) + j
+            rows = anchors + j
             tried[j] += int(ok.sum())
             ok = ok & (guess[rows] == top1[rows + 1])
             hit[j] += int(ok.sum())
@@ -280,7 +296,7 @@ def head_alpha(head: DraftHead, target: PreTrainedModel, collection: Collection,
 
 
 def save_head(head: DraftHead, target: PreTrainedModel, directory: Path, training: dict, quantize: bool = False,
-              card: str = "") -> None:  # fmt: skip
+              card: str = "", heldout_alpha: dict[str, list[float]] | None = None) -> None:  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in head.state_dict().items()
              if not k.startswith("lm_head") and k != "vocab_map"}  # fmt: skip
@@ -290,7 +306,8 @@ def save_head(head: DraftHead, target: PreTrainedModel, directory: Path, trainin
     save_file(state, str(tmp))
     os.replace(tmp, directory / HEAD_FILE)
     config = HeadFileConfig(layer=head.config.to_dict(), target=target_identity(target),
-                            vocab=head.vocab_map.tolist(), quantized=quantize, training=training)  # fmt: skip
+                            vocab=head.vocab_map.tolist(), quantized=quantize, training=training,
+                            heldout_alpha=heldout_alpha or {})  # fmt: skip
     atomic_write_text(directory / CONFIG_FILE, json.dumps(config.model_dump(by_alias=True), indent=1))
     if card:
         atomic_write_text(directory / "README.md", card)
@@ -337,6 +354,14 @@ def load_head(directory: str | os.PathLike, target: PreTrainedModel) -> DraftHea
     state["vocab_map"] = vocab
     head.load_state_dict(state)
     return head.to(dtype=target.dtype, device=target.device).eval()
+
+
+def head_heldout_alpha(directory: str | os.PathLike) -> dict[str, list[float]]:
+    """The acceptance per class and draft position a saved head was measured at (empty for heads saved without)."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise HeadError(f"no draft head at {directory} ({CONFIG_FILE} not found)")
+    return HeadFileConfig.model_validate_json(path.read_text()).heldout_alpha
 
 
 def attach_saved_head(engine, directory: str | os.PathLike, name: str = "head") -> HeadDrafter:

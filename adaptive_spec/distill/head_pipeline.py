@@ -17,7 +17,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import ModelDrafter, SpeculativeEngine, StopRule
@@ -69,7 +68,7 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
         by_class[collection.by_id[i].request_class].append(i)
     evaluation["alpha"] = {c: head_alpha(head, models.target, collection, ids, vmap) for c, ids in by_class.items()}
     save_head(head, models.target, out, {**summary, "vocab_size": vmap.size, "seed": settings.seed},
-              settings.quantize)  # fmt: skip
+              settings.quantize, heldout_alpha=heldout_chains(evaluation["alpha"]))  # fmt: skip
     engine = SpeculativeEngine(models.target, [ModelDrafter(models.base, GENERIC,
                                                             vocab_size=models.target.config.vocab_size)])
     attach_saved_head(engine, out, HEAD)
@@ -88,6 +87,21 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     atomic_write_text(out / "eval.json", json.dumps(evaluation, indent=1))
     atomic_write_text(out / "README.md", model_card(traffic_path, settings, evaluation, len(train_ids)))
     return evaluation
+
+
+def heldout_chains(alpha: dict[str, dict]) -> dict[str, list[float]]:
+    """Per class, alpha_1.. up to the first position no held-out draft reached (``head_alpha`` gives None there)."""
+    out = {}
+    for cls, by_position in alpha.items():
+        chain = []
+        for j in range(1, len(by_position) + 1):
+            value = by_position.get(f"alpha_{j}")
+            if value is None:
+                break
+            chain.append(round(value, 4))
+        if chain:
+            out[cls] = chain
+    return out
 
 
 def drafter_costs(engine: SpeculativeEngine, collection: Collection, ids: list[str], k: int = 8, reps: int = 5) -> dict:
@@ -127,7 +141,9 @@ def model_card(traffic: Path, settings: HeadRunSettings, evaluation: dict, train
              f"- Traffic: `{traffic}`, {train_examples} training examples; vocabulary {evaluation['vocab_size']} ids.",
              f"- Training: {json.dumps(evaluation['training'])}",
              f"- Settings: {settings.head.model_dump_json()}", "",
-             "Teacher-forced acceptance on held-out examples (alpha_j: j-th draft token right given the previous):", ""]  # fmt: skip
+             "Teacher-forced acceptance on held-out examples, drafts of response tokens (alpha_j: j-th draft token "
+             "right given the previous; `heldout_alpha` in head_config.json, the controller's cold start):",
+             ""]  # fmt: skip
     for cls, a in evaluation.get("alpha", {}).items():
         lines.append(f"- {cls}: " + ", ".join(f"{k} {v:.3f}" for k, v in a.items() if v is not None))
     lines += ["", f"Cost per drafted token (ms): {json.dumps(evaluation.get('cost_per_token_ms', {}))}", ""]
