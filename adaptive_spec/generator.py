@@ -76,19 +76,23 @@ class AdaptiveGenerator:
         self.target = target
         self.tokenizer = tokenizer
         self.engine = SpeculativeEngine(target, list(standard_drafters(target, draft)) + list(extra_drafters))
+        measured = {}
         if head is not None:
-            from .distill.head import attach_saved_head
+            from .distill.head import attach_saved_head, head_heldout_alpha
 
             attach_saved_head(self.engine, head, "head")
+            if alpha := head_heldout_alpha(head):  # where it was measured, and where not: the controller's cold start
+                measured["head"] = alpha
         if custom_draft is not None:
             from .distill.artifact import load_custom_draft
 
             self.engine.add_drafter(load_custom_draft(custom_draft, target, name="custom"))
         # a drafter the caller handed over (a head, a custom draft) must be priced, not silently left unused
         handed = [d.name for d in extra_drafters] + ["head"] * (head is not None) + ["custom"] * (custom_draft is not None)
-        self.policy = self._make_policy(policy, store, pair_id, draft, required=tuple(handed))
+        self.policy = self._make_policy(policy, store, pair_id, draft, required=tuple(handed), measured_alpha=measured)
 
-    def _make_policy(self, policy, store, pair_id, draft, required: tuple[str, ...] = ()) -> Policy:
+    def _make_policy(self, policy, store, pair_id, draft, required: tuple[str, ...] = (),
+                     measured_alpha: dict | None = None) -> Policy:  # fmt: skip
         if policy is not None and not isinstance(policy, (PolicyFile, str, Path)):
             return policy  # any object with start(RequestInfo) -> Session
         if isinstance(policy, (str, Path)):
@@ -106,7 +110,7 @@ class AdaptiveGenerator:
             raise ValueError(f"the policy's cost model has no measurements for drafter(s) {unpriced}: price them with "
                              "`adaptive-spec calibrate --head DIR` / `--custom-draft DIR` (or calibrate_pair(..., "
                              "heads=..., custom_drafts=...)), or pass a policy object that does not need them")  # fmt: skip
-        return policy_from_file(policy, store, model_drafters=self.model_drafters())
+        return policy_from_file(policy, store, model_drafters=self.model_drafters(), measured_alpha=measured_alpha)
 
     def model_drafters(self) -> list[str]:
         """The engine's model-type drafters (prompt lookup and composites excluded)."""
@@ -165,9 +169,10 @@ class AdaptiveGenerator:
         return config
 
 
-def policy_from_file(policy: PolicyFile, store: StatsStore | None = None,
-                     model_drafters: list[str] | None = None) -> AdaptivePolicy:  # fmt: skip
-    """The controller a policy file describes; ``model_drafters``: those the engine has (None: all costed)."""
+def policy_from_file(policy: PolicyFile, store: StatsStore | None = None, model_drafters: list[str] | None = None,
+                     measured_alpha: dict | None = None) -> AdaptivePolicy:  # fmt: skip
+    """The controller a policy file describes; ``model_drafters``: those the engine has (None: all costed);
+    ``measured_alpha``: per drafter, its acceptance per class measured at training (``AdaptivePolicy``)."""
     estimator = AlphaEstimator(store, pair_id=policy.pair_id, **policy.estimator.model_dump())
     classifier = None
     if policy.classifier is not None:
@@ -176,7 +181,7 @@ def policy_from_file(policy: PolicyFile, store: StatsStore | None = None,
         classifier = PromptClassifier.from_json(json.dumps(policy.classifier))
     if model_drafters is not None:
         model_drafters = [d for d in model_drafters if d in policy.cost.drafts]
-    return AdaptivePolicy(policy.cost, estimator, policy.controller, classifier, model_drafters)
+    return AdaptivePolicy(policy.cost, estimator, policy.controller, classifier, model_drafters, measured_alpha)
 
 
 def make_adaptive(model: PreTrainedModel, **kwargs: Any) -> AdaptiveGenerator:

@@ -209,6 +209,7 @@ def test_a_saved_head_is_priced_and_chosen_by_the_controller(setup, tmp_path):
         AdaptiveGenerator(target, policy=PolicyFile(name="no-head", pair_id="tiny", cost=cost.model_copy(
             update={"drafts": {}})), head=tmp_path / "head")  # fmt: skip
     generator = AdaptiveGenerator(target, policy=policy, head=tmp_path / "head")
+    assert generator.policy.measured_alpha == {"head": {"code": (0.7, 0.6)}}  # the head's card: its cold start
     for prompt in PROMPTS:
         out = generator.generate(torch.tensor([prompt]), max_new_tokens=24, eos_token_id=-1, speculation="on")
         assert out.sequences[0].tolist() == hf_reference(target, prompt, 24)

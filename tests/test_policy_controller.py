@@ -236,6 +236,50 @@ def test_a_drafter_new_to_a_class_is_priced_by_its_rounds_in_other_classes():
     assert p2.start(RequestInfo(request_class="qa")).report.extra["class_side"] == {"head": "profiled"}
 
 
+def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_other_classes():
+    """A head trained on code traffic knows its code alpha (its held-out chain); on a class its traffic lacked it
+    starts pessimistic, not from its rounds elsewhere (code's alpha says nothing about chat), and is tried
+    ``explore_rounds`` times so the class gets rounds of its own; measured classes are not explored."""
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=head_only, explore_rounds=3)
+    measured = {"head": {"code": [0.9, 0.8]}}
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
+    for _ in range(40):
+        p.estimator.observe("code", head_round(4, 4))  # lent to other classes, these would make it look great
+
+    session = p.start(RequestInfo(request_class="docs"))
+    head = session.models["head"]
+    assert session.report.extra["class_side"] == {"head": "unseen"}
+    a = config.prior_unseen_accept
+    assert head.class_accepted / head.weight == pytest.approx(a + a**2 + a**3 + a**4)
+    assert (head.class_proposed / head.weight, head.weight) == (4.0, config.generic_prior_weight)
+    decisions = []
+    for _ in range(6):
+        decision = session.decide(state())
+        decisions.append((decision.drafter, decision.k))
+        proposed = decision.k
+        session.on_round(RoundRecord(decision.drafter, decision.k, proposed, 0, 1, 100, 0.004 * proposed, 0.12,
+                                     tuple([0.9] * proposed)) if proposed else plain_round())  # fmt: skip
+    assert decisions == [("head", config.probe_k)] * 3 + [(NO_DRAFTER, 0)] * 3  # tried, then judged on its rounds
+    assert p.estimator.estimate("docs", "head").rounds == pytest.approx(3, abs=1e-3)  # the class's own (decayed)
+    assert p.start(RequestInfo(request_class="docs")).models["head"].explore_left == 0
+
+    p_code = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)  # cold
+    session = p_code.start(RequestInfo(request_class="code"))
+    head = session.models["head"]
+    assert session.report.extra["class_side"] == {"head": "measured"}
+    assert head.class_accepted / head.weight == pytest.approx(0.9 + 0.72 + 0.576 + 0.4608)
+    assert head.explore_left == 0
+    assert session.decide(state()) == head.decision
+
+    with pytest.raises(ValueError, match="class 'code'"):
+        AdaptivePolicy(with_cheap_head(), config=config, measured_alpha={"head": {"code": [0.5, float("nan")]}})
+
+
+def plain_round(context: int = 100) -> RoundRecord:
+    return RoundRecord(NO_DRAFTER, 0, 0, 0, 1, context, 0.0, 0.1, ())
+
+
 def test_pooled_statistics_are_cached_and_a_store_outage_falls_back_to_the_generic_prior():
     from adaptive_spec.stats import MemoryStatsStore
 
@@ -294,15 +338,31 @@ def test_round_cost_tables_match_the_cost_model():
 
     cost = cost_model()
     for context in (100, 777, 3000):
-        costs = _RoundCosts.at(cost, context, 64, amortize=4.0)
+        costs = _RoundCosts.at(cost, context, 64)
         assert list(costs.verify[1:]) == [cost.verify_s(n, context) for n in range(1, 66)]
         for proposed in (1, 3, 8):
             for catchup in (1, 2, 5, 40, 64, 65, 200):
-                first = cost.draft_s(1, context, catchup)
-                if catchup > 2:  # a long catch-up is a one-off, spread over `amortize` rounds
-                    first = cost.draft_s(1, context) + (first - cost.draft_s(1, context)) / 4.0
-                expected = first + (proposed - 1) * cost.draft_s(1, context) + cost.verify_s(proposed + 1, context)
-                assert costs.model_round("model", proposed, catchup) == pytest.approx(expected, rel=1e-12)
+                for amortize in (1.0, 4.0):
+                    first = cost.draft_s(1, context, catchup)
+                    if catchup > 2:  # a long catch-up is a one-off, spread over `amortize` rounds
+                        first = cost.draft_s(1, context) + (first - cost.draft_s(1, context)) / amortize
+                    expected = first + (proposed - 1) * cost.draft_s(1, context) + cost.verify_s(proposed + 1, context)
+                    got = costs.model_round("model", proposed, catchup, amortize=amortize)
+                    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_catch_up_is_spread_over_the_rounds_left_in_the_request():
+    """A draft that has not seen the context pays a one-off catch-up, worth it for the rounds that follow: near the
+    end of a request it counts whole, early on it is spread over the rounds left, at most ``catchup_amortize``."""
+    p = policy(ControllerConfig(catchup_amortize=16))
+    warm(p.estimator, "code", 0.7)
+    session = p.start(RequestInfo(request_class="code"))
+    session.decide(state(1000))  # the tables at context 1000; the draft has seen none of it
+    model = session.models["model"]
+    rate = {left: session._model_rate(model, 1000, left) for left in (1, 10, 40, 10_000, 100_000)}
+    assert rate[1] < rate[10] < rate[40] < rate[10_000] == rate[100_000]
+    model.true_len = 999  # caught up: what is left no longer matters
+    assert session._model_rate(model, 1000, 1) == session._model_rate(model, 1000, 10_000)
 
 
 def test_lookup_extension_rides_on_model_decisions_and_is_reported():
@@ -361,7 +421,7 @@ def test_siblings_are_priced_from_the_requests_own_rounds():
         for _ in range(8):
             session.on_round(RoundRecord("model", 16, 4, 2, 3 + accepted, 100, 0.3, 0.13, (0.9, 0.9, 0.5, 0.6),
                                          siblings=2, sibling_accepted=accepted))  # fmt: skip
-    rate = lambda session: session._model_rate(session.models["model"], 140)  # noqa: E731
+    rate = lambda session: session._model_rate(session.models["model"], 140, 100)  # noqa: E731
     assert rate(lucky) > rate(unlucky)
     plain = policy()
     warm(plain.estimator, "code", 0.7)

@@ -7,7 +7,9 @@ Per round it compares, at the current context length (costs from the calibrated 
   falls below the class's threshold, at most ``max_k`` tokens: (accepted per round + 1) / (draft time + verify
   time), from this request's rounds with that drafter blended with the class's (the class counts as at most
   ``prior_weight`` rounds, so a request unlike its class moves away fast; a class with no rounds of a drafter
-  starts from its profiled prior, else from the drafter's rounds in other classes, else a generic prior); with
+  starts from its profiled prior, else from the acceptance measured when the drafter was trained (a head's
+  held-out chain; a class its training traffic lacked starts pessimistic and is explored for a few rounds), else
+  from the drafter's rounds in other classes, else a generic prior); with
   ``sibling_below`` set (greedy requests), plus the siblings this request's rounds got accepted, the verify
   widened by the siblings they verified;
 - prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
@@ -25,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -50,6 +52,27 @@ _LOOKUP_DECISIONS = tuple(Decision(LOOKUP, k) for k in range(65))  # shared, fro
 def lookup_key(ngram: int, streak: bool) -> str:
     """The statistics key of a lookup proposal: its kind predicts its acceptance."""
     return STREAK if streak else f"lookup.n{ngram}"
+
+
+def _checked_alpha(drafter: str, by_class: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, ...]]:
+    out = {}
+    for cls, alphas in by_class.items():
+        values = tuple(float(a) for a in alphas)
+        if not values or not all(0.0 <= a <= 1.0 for a in values):  # NaN fails the comparison too
+            raise ValueError(f"measured alpha of drafter {drafter!r}, class {cls!r}: expected acceptance per "
+                             f"position in [0, 1], got {list(alphas)}")  # fmt: skip
+        out[str(cls)] = values
+    return out
+
+
+def chain_round(alphas: Sequence[float], k: int) -> tuple[float, float]:
+    """(accepted, proposed) per round of ``k`` drafted tokens, from the acceptance of each position given the
+    earlier ones accepted (positions past the measured ones reuse the last)."""
+    accepted, survive = 0.0, 1.0
+    for j in range(k):
+        survive *= alphas[min(j, len(alphas) - 1)]
+        accepted += survive
+    return accepted, float(k)
 
 
 class DraftSettings(BaseModel):
@@ -101,11 +124,17 @@ class ControllerConfig(BaseModel):
     generic_prior_weight: float = Field(4.0, gt=0, description="the generic prior's weight, in rounds: a guess, "
                                         "not a measurement, so a request's own rounds overturn it fast")  # fmt: skip
     prior_lookup_accept: float = Field(0.5, gt=0, lt=1, description="cold start: lookup acceptance per position")
+    prior_unseen_accept: float = Field(0.2, ge=0, lt=1, description="cold start of a drafter trained on traffic "
+                                       "without this class (its measured alpha names other classes): acceptance "
+                                       "per position; alignment, not size, sets alpha, so assume little")  # fmt: skip
+    explore_rounds: int = Field(4, ge=0, description="rounds a drafter is tried in a request of a class its "
+                                "training traffic lacked, while the class has no rounds of it")  # fmt: skip
     hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to switch the model draft on/off")
     probe_every: int = Field(24, ge=1, description="plain steps before the switched-off model draft is re-tried")
     probe_k: int = Field(3, ge=1)
     refresh_tokens: int = Field(128, ge=1, description="re-price rounds after the context grows this much")
-    catchup_amortize: float = Field(4.0, ge=1, description="model rounds a long draft catch-up is spread over")
+    catchup_amortize: float = Field(4.0, ge=1, description="a long draft catch-up is spread over the model rounds "
+                                    "left in the request (tokens left / tokens per round), at most this many")  # fmt: skip
     lookup_extension: int = Field(0, ge=0, le=16, description="after a model-type draft, prompt lookup may append "
                                   "up to this many tokens continuing it (verified in the same forward)")  # fmt: skip
     sibling_below: float = Field(0.0, ge=0, le=1, description="greedy: verify a model-type drafter's second choice "
@@ -130,20 +159,19 @@ class _RoundCosts:
     lookup_round: array  # [k] seconds for a lookup round proposing k tokens (index 0 unused)
     draft_step: dict[str, float]  # per model-type drafter: one single-token step
     # per model-type drafter, by catch-up tokens c: the round's first draft forward, which feeds every token the
-    # drafter has not seen yet; beyond 2 tokens a one-off, spread over ``amortize`` rounds
+    # drafter has not seen yet (beyond 2 tokens a one-off, which ``model_round`` spreads over later rounds)
     first_draft: dict[str, array]
     catchup_rows: dict[str, tuple[CostTable, list[float]]]  # per drafter: its table and row at `context`
     step_overhead: float
-    amortize: float
 
     @classmethod
-    def at(cls, cost: CostModel, context: int, max_k: int, amortize: float) -> _RoundCosts:
+    def at(cls, cost: CostModel, context: int, max_k: int) -> _RoundCosts:
         target, row = cost.target, cost.target.row_at(context)  # = cost.verify_s(n, context), one row for all n
         verify = array("d", [0.0] + [target.row_value(row, n) + cost.round_overhead_s for n in range(1, max_k + 2)])
         lookup_round = array("d", [0.0] + [cost.lookup_s + verify[n + 1] for n in range(1, max_k + 1)])
         steps = {name: cost.draft_s(1, context, 1, name) for name in cost.drafts}
         rows = {name: (table, table.row_at(context)) for name, table in cost.drafts.items()}
-        costs = cls(context, verify, lookup_round, steps, {}, rows, cost.draft_step_overhead_s, amortize)
+        costs = cls(context, verify, lookup_round, steps, {}, rows, cost.draft_step_overhead_s)
         costs.first_draft = {name: array("d", [costs._first_draft(name, c) for c in range(max_k + 1)])
                              for name in steps}  # fmt: skip
         return costs
@@ -153,17 +181,21 @@ class _RoundCosts:
         if catchup <= 1:
             return step
         table, row = self.catchup_rows[drafter]
-        first = table.row_value(row, catchup) + self.step_overhead  # = CostModel.draft_s(1, context, catchup)
-        return first if catchup == 2 else step + (first - step) / self.amortize
+        return table.row_value(row, catchup) + self.step_overhead  # = CostModel.draft_s(1, context, catchup)
 
-    def model_round(self, drafter: str, proposed: float, catchup: int, siblings: float = 0.0) -> float:
+    def model_round(self, drafter: str, proposed: float, catchup: int, siblings: float = 0.0,
+                    amortize: float = 1.0) -> float:  # fmt: skip
         """A model-type round's time: its first draft forward (catching up), proposed - 1 steps, the verify (of the
-        pending token, the proposals and the siblings)."""
+        pending token, the proposals and the siblings). A catch-up beyond 2 tokens is paid once for the rounds that
+        follow it: spread over ``amortize`` rounds."""
         verify, firsts = self.verify, self.first_draft[drafter]
         n = min(max(1, round(proposed)), len(verify) - 2)
         width = min(n + 1 + round(siblings), len(verify) - 1)
+        step = self.draft_step[drafter]
         first = firsts[catchup] if catchup < len(firsts) else self._first_draft(drafter, catchup)
-        return first + (n - 1) * self.draft_step[drafter] + verify[width]
+        if catchup > 2:
+            first = step + (first - step) / amortize
+        return first + (n - 1) * step + verify[width]
 
 
 class AdaptivePolicy:
@@ -172,8 +204,12 @@ class AdaptivePolicy:
     name = "adaptive"
 
     def __init__(self, cost: CostModel, estimator: AlphaEstimator | None = None, config: ControllerConfig | None = None,
-                 classifier=None, model_drafters: Sequence[str] | None = None):  # fmt: skip
-        """``model_drafters``: the engine's model-type drafters to choose from (default: all the cost model knows)."""
+                 classifier=None, model_drafters: Sequence[str] | None = None,
+                 measured_alpha: Mapping[str, Mapping[str, Sequence[float]]] | None = None):  # fmt: skip
+        """``model_drafters``: the engine's model-type drafters to choose from (default: all the cost model knows).
+        ``measured_alpha``: per drafter, per class of its training traffic, the acceptance per draft position
+        measured on held-out rows when it was trained (a draft head's ``heldout_alpha``): a class's cold start
+        for that drafter, and a sign that other classes were not in its traffic."""
         self.cost = cost
         self.estimator = estimator or AlphaEstimator(pair_id=cost.pair_id)
         self.config = config or ControllerConfig()
@@ -184,6 +220,8 @@ class AdaptivePolicy:
             raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first "
                              "(`adaptive-spec calibrate`, with --head DIR for a draft head)")  # fmt: skip
         self.model_drafters = names
+        measured_alpha = measured_alpha or {}
+        self.measured_alpha = {name: _checked_alpha(name, by_class) for name, by_class in measured_alpha.items()}
         self._pooled: dict[str, tuple[float, tuple[float, float, float] | None]] = {}
 
     def pooled(self, drafter: str) -> tuple[float, float, float] | None:
@@ -216,10 +254,11 @@ class _ModelDrafter:
     """One model-type drafter's state in one request, in one small object: a round reads it whole."""
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
-                 "sibling_accepted", "sibling_verified")
+                 "sibling_accepted", "sibling_verified", "explore_left", "probe")
 
-    def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float]):
-        self.name, self.decision = name, decision
+    def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
+        self.name, self.decision, self.probe = name, decision, probe
+        self.explore_left = 0  # rounds still to try it in this request (a class its training traffic lacked)
         # the class's side of the blend, fixed for the request: weight x accepted, weight x proposed, weight
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
@@ -248,9 +287,15 @@ class AdaptiveSession:
         self.extend = extend = config.lookup_extension if self.use_lookup else 0
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
         self.sibling_below = siblings = config.sibling_below if self.mode != "off" and not request.do_sample else 0.0
-        self.models = {d: _ModelDrafter(d, Decision(d, min(self.settings.for_drafter(d).max_k, cap),
-                                                    self.settings.for_drafter(d).threshold, extend, siblings),
-                                        self._class_side(d, est.estimate(request_class, d))) for d in self.drafters}  # fmt: skip
+        self.models = {}
+        for d in self.drafters:
+            knobs = self.settings.for_drafter(d)
+            probe = Decision(d, min(config.probe_k, cap), knobs.threshold, extend, siblings)
+            model = _ModelDrafter(d, Decision(d, min(knobs.max_k, cap), knobs.threshold, extend, siblings),
+                                  self._class_side(d, est.estimate(request_class, d)), probe)  # fmt: skip
+            if self.report.extra["class_side"][d] == "unseen":
+                model.explore_left = config.explore_rounds
+            self.models[d] = model
         self.lookup_blend: dict[str, tuple[array, array]] = {}
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
@@ -280,7 +325,7 @@ class AdaptiveSession:
     def decide(self, state: RoundState) -> Decision:
         context_len = len(state.tokens) if state.tokens is not None else state.context.numel()
         if self.costs is None or context_len - self.costs.context >= self.refresh_tokens:
-            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.catchup_amortize)
+            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64)
         decision, key = self._choose(state, context_len)
         self.pending_key = key
         return decision
@@ -312,31 +357,41 @@ class AdaptiveSession:
 
         # model-type drafters, each switched on/off with hysteresis
         for model in self.models.values():
-            rate = self._model_rate(model, context_len)
+            rate = self._model_rate(model, context_len, state.remaining)
             model.on = on = forced or rate > plain_rate * (self.keep_on if model.on else self.turn_on)
             if on and rate > best_rate:
                 best_rate, best, best_key = rate, model.decision, model.name
+        for model in self.models.values():
+            if model.explore_left and best_key != model.name:  # measure it here before trusting a guess
+                return model.probe, model.name
         if (best_key == NO_DRAFTER and self.drafters and self.plain_since_model >= self.config.probe_every
                 and not any(m.on for m in self.models.values())):  # fmt: skip
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
-            cap = self.max_k or 64
-            return Decision(name, min(self.config.probe_k, cap), self.settings.for_drafter(name).threshold,
-                            self.extend, self.sibling_below), name  # fmt: skip
+            return self.models[name].probe, name
         return best, best_key
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
         """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds; from
         the first that exists: the class's rounds with this drafter, the class's profiled prior for it, the
-        drafter's rounds in all classes (a head or custom draft new to this class is priced by how it did
-        elsewhere, not by a generic guess), the generic prior. Measured rounds count as at most ``prior_weight``;
-        the generic guess as ``generic_prior_weight``."""
+        acceptance measured when the drafter was trained (``measured_alpha``: for this class, else the pessimistic
+        ``prior_unseen_accept``, then ``explore_rounds`` tries), the drafter's rounds in all classes (a head or
+        custom draft new to this class is priced by how it did elsewhere, not by a generic guess), the generic
+        prior. Measured rounds count as at most ``prior_weight``; guesses as ``generic_prior_weight``."""
         cap = self.config.prior_weight
         if estimate.rounds > 0:
             source, weight = "class", min(estimate.rounds, cap)
             accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
         elif profiled := self.profiled_prior(name):
             (source, weight), (accepted, proposed) = ("profiled", cap), profiled
+        elif (measured := self.policy.measured_alpha.get(name)) is not None:
+            # measured when it was trained, on its own traffic: a class there starts from that, any other from a
+            # pessimistic guess (then explored); either is a guess about this traffic, weighted as one
+            alphas = measured.get(self.request_class)
+            source = "measured" if alphas is not None else "unseen"
+            k = min(self.settings.for_drafter(name).max_k, self.max_k or 64)
+            accepted, proposed = chain_round(alphas or (self.config.prior_unseen_accept,), k)
+            weight = min(self.config.generic_prior_weight, cap)
         elif pooled := self.policy.pooled(name):
             rounds, total_accepted, total_drafted = pooled
             source, weight, accepted, proposed = "pooled", min(rounds, cap), total_accepted / rounds, total_drafted / rounds
@@ -346,8 +401,9 @@ class AdaptiveSession:
         self.report.extra.setdefault("class_side", {})[name] = source
         return weight * accepted, weight * proposed, weight
 
-    def _model_rate(self, model: _ModelDrafter, context_len: int) -> float:
-        """Expected tokens per second of a round with this drafter: class and request blended."""
+    def _model_rate(self, model: _ModelDrafter, context_len: int, remaining: int) -> float:
+        """Expected tokens per second of a round with this drafter: class and request blended; a catch-up spread
+        over the rounds it would serve (the request's tokens left at this rate, at most ``catchup_amortize``)."""
         mine = self.requests.by_drafter.get(model.name)
         if mine is None:
             accepted, proposed = model.class_accepted / model.weight, model.class_proposed / model.weight
@@ -362,7 +418,9 @@ class AdaptiveSession:
         # and varies by request)
         shrink = self.config.generic_prior_weight + rounds
         gain, width = model.sibling_accepted / shrink, model.sibling_verified / shrink
-        return (accepted + 1.0 + gain) / self.costs.model_round(model.name, proposed, catchup, width)
+        tokens = accepted + 1.0 + gain
+        amortize = min(max(remaining / tokens, 1.0), self.catchup_amortize)
+        return tokens / self.costs.model_round(model.name, proposed, catchup, width, amortize)
 
     def profiled_prior(self, name: str) -> tuple[float, float] | None:
         """The class's profiled (accepted, proposed) for this drafter, if ``train-policy`` measured one.
@@ -424,6 +482,7 @@ class AdaptiveSession:
         model = self.models.get(record.drafter)
         if model is not None:
             self.plain_since_model = 0
+            model.explore_left = max(model.explore_left - 1, 0)
             model.true_len = record.context_len + min(record.proposed - 1, record.accepted)
             model.sibling_accepted += record.sibling_accepted
             model.sibling_verified += record.siblings
