@@ -82,12 +82,15 @@ def controller_runs(generators: dict[str, AdaptiveGenerator], prompts: list[tupl
             start = time.perf_counter()
             out = generators[name].generate(ids[None], max_new_tokens=max_new_tokens, prompt_text=text)
             seconds = time.perf_counter() - start
-            rounds = out.result.records
-            used = defaultdict(int)
-            for r in rounds:
+            used, drafted = defaultdict(int), defaultdict(lambda: [0, 0])
+            for r in out.result.records:
                 used[r.drafter] += 1
+                drafted[r.drafter][0] += r.proposed
+                drafted[r.drafter][1] += r.accepted
             runs.append({"prompt": p, "class": cls, "config": name, "tokens": out.result.num_new_tokens,
-                         "seconds": seconds, "predicted_class": out.report.request_class, "rounds": dict(used)})  # fmt: skip
+                         "seconds": seconds, "predicted_class": out.report.request_class, "rounds": dict(used),
+                         "proposed_accepted": dict(drafted),
+                         "class_side": out.report.extra.get("class_side", {})})  # fmt: skip
             progress(len(runs), len(prompts) * len(names))
     return runs
 
@@ -169,7 +172,8 @@ def main() -> None:
             "threads": args.threads, "dtype": "bfloat16", "prompts": len(prompts), "hardware": cost.hardware,
             "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
             "command": "python " + " ".join(sys.argv)}  # fmt: skip
-    doc = {"meta": meta, "cost": cost_figures, "teacher_forced_alpha": evaluation.get("alpha"),
+    doc = {"meta": meta, "cost": cost_figures, "cost_model": json.loads(cost.model_dump_json()),
+           "teacher_forced_alpha": evaluation.get("alpha"),
            "training": evaluation.get("training"), "summary": summary, "runs": runs_to_json(runs),
            "controller": controller}  # fmt: skip
     out = args.out.with_name(args.out.name + "_controller") if args.controller_only else args.out
@@ -234,6 +238,35 @@ def controller_section(controller: dict) -> list[str]:
             used[run["config"]][drafter] += rounds
     lines += ["", "Rounds by drafter (all prompts): " + "; ".join(
         f"{config}: " + ", ".join(f"{d} {n}" for d, n in sorted(counts.items())) for config, counts in used.items())]
+    return lines + drafter_alpha_section(controller["runs"])
+
+
+def drafter_alpha_section(runs: list[dict]) -> list[str]:
+    """With the head: per class, each model-type drafter's rounds and acceptance (accepted / proposed tokens), and
+    where its cold start came from in each request (the controller's ``class_side``)."""
+    runs = [r for r in runs if r["config"] == "with head" and "proposed_accepted" in r]
+    if not runs:
+        return []
+    by = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    sides = defaultdict(set)
+    for r in runs:
+        for drafter in ("head", "model"):
+            proposed, accepted = r["proposed_accepted"].get(drafter, (0, 0))
+            entry = by[r["class"]][drafter]
+            entry[0] += r["rounds"].get(drafter, 0)
+            entry[1] += proposed
+            entry[2] += accepted
+        sides[r["class"]].add(f"{r['predicted_class']}: head {r['class_side'].get('head', '-')}")
+    lines = ["", "With the head, per class: rounds and acceptance (accepted / proposed tokens) of each drafter; the "
+             "classifier's class and where the head's cold start came from in each request.", "",
+             "| class | head rounds | head α | model rounds | model α | predicted class: head's cold start |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for cls in sorted(by):
+        cells = []
+        for drafter in ("head", "model"):
+            rounds, proposed, accepted = by[cls][drafter]
+            cells += [str(rounds), f"{accepted / proposed:.2f}" if proposed else "-"]
+        lines.append(f"| {cls} | " + " | ".join(cells) + f" | {'; '.join(sorted(sides[cls]))} |")
     return lines
 
 
