@@ -5,13 +5,17 @@ the first 24 Spec-Bench `math_reasoning` questions without responses (the target
 collection). `adaptive-spec distill --eval-split 0.12` then holds out whole modules and 3 questions.
 
     python benchmarks/workloads/build_head_traffic.py --out head_traffic.jsonl
+    python benchmarks/workloads/build_head_traffic.py --code-rows 3000 --out head_traffic.jsonl   # the committed head
+
+The committed head (`heads/qwen2.5-coder-code`) is trained on every module (`--code-rows 3000`: 2,680 code rows, all
+the workload has); the default 560 rows trained the previous one, in about a quarter of the time.
 
 ``--target-responses`` drops the code rows' given responses (the stdlib source) so that the target writes its own
 during collection, as it does for the math questions: at serving time the text a head drafts is the target's. The
-committed head was trained without it, and accepts about as well on the target's own answers as on held-out stdlib
-source (first draft token 0.53 vs 0.48, `benchmarks/results/head_tree*.md`), so the amount of training text matters
-more than who wrote it. Generation makes collection much slower on a CPU (17-24 s per row at 96 new tokens on the
-2-core machine, against 1-2 s for a prefill of a given response).
+previous committed head was trained without it, and accepts about as well on the target's own answers as on
+held-out stdlib source (first draft token 0.53 vs 0.48, `benchmarks/results/head_tree*.md`), so the amount of
+training text matters more than who wrote it. Generation makes collection much slower on a CPU (17-24 s per row at
+96 new tokens on the 2-core machine, against 1-2 s for a prefill of a given response).
 """
 
 from __future__ import annotations
