@@ -276,6 +276,44 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
         AdaptivePolicy(with_cheap_head(), config=config, measured_alpha={"head": {"code": [0.5, float("nan")]}})
 
 
+def test_a_request_far_below_its_class_tries_the_other_drafters():
+    """The class says the cheap head is accepted well, this request accepts none of it (a request unlike its
+    class): once its own rounds are clearly below the class's, the model draft it has not run is tried for
+    ``explore_rounds`` rounds, once per request; a request like its class, or a single drafter, is left alone."""
+    both = ClassSettings(model=DraftSettings(max_k=4), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=both, explore_rounds=2, surprise_min_tokens=8)
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
+    for _ in range(40):
+        p.estimator.observe("math", head_round(4, 3))
+        p.estimator.observe("math", model_round(4, 1))  # the class prefers the head
+
+    def run(accepted: int, rounds: int = 12):
+        session = p.start(RequestInfo(request_class="math"))
+        drafters = []
+        for _ in range(rounds):
+            d = session.decide(state())
+            drafters.append(d.drafter)
+            if d.drafter == "head":
+                session.on_round(head_round(d.k, min(accepted, d.k)))
+            else:
+                session.on_round(model_round(d.k, min(3, d.k)))
+        return session, drafters
+
+    unlike, drafters = run(accepted=0)
+    assert drafters[:2] == ["head", "head"] and drafters.count("model") >= 2
+    first_model = drafters.index("model")
+    assert drafters[first_model: first_model + 2] == ["model", "model"]  # the probes, k = probe_k
+    assert unlike.report.extra["surprise"]["drafter"] == "head"
+    like, drafters = run(accepted=3)
+    assert "surprise" not in like.report.extra and set(drafters) == {"head"}
+
+    alone = AdaptivePolicy(with_cheap_head(), p.estimator, config, model_drafters=["head"])
+    session = alone.start(RequestInfo(request_class="math"))
+    for _ in range(12):
+        session.on_round(head_round(session.decide(state()).k, 0))
+    assert "surprise" not in session.report.extra
+
+
 def plain_round(context: int = 100) -> RoundRecord:
     return RoundRecord(NO_DRAFTER, 0, 0, 0, 1, context, 0.0, 0.1, ())
 

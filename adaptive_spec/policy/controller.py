@@ -18,13 +18,15 @@ Per round it compares, at the current context length (costs from the calibrated 
 
 Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
-stuck off. Class statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request;
+stuck off. A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
+tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified). Class statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request;
 everything per round is arithmetic on cached numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from array import array
 from collections.abc import Mapping, Sequence
@@ -129,6 +131,10 @@ class ControllerConfig(BaseModel):
                                        "per position; alignment, not size, sets alpha, so assume little")  # fmt: skip
     explore_rounds: int = Field(4, ge=0, description="rounds a drafter is tried in a request of a class its "
                                 "training traffic lacked, while the class has no rounds of it")  # fmt: skip
+    surprise_z: float = Field(2.5, gt=0, description="a request whose own acceptance of a drafter sits this many "
+                              "standard deviations below its class's tries the other model-type drafters it has "
+                              "not run (explore_rounds each), once per request")  # fmt: skip
+    surprise_min_tokens: int = Field(16, ge=1, description="drafted tokens of the request before that test")
     hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to switch the model draft on/off")
     probe_every: int = Field(24, ge=1, description="plain steps before the switched-off model draft is re-tried")
     probe_k: int = Field(3, ge=1)
@@ -301,6 +307,7 @@ class AdaptiveSession:
         self.costs: _RoundCosts | None = None
         self.plain_since_model = 0
         self.probe_turn = 0
+        self.surprised = False  # a drafter's acceptance in this request fell far below its class's (once)
         self.last_lookup_full = False
         self.pending_key = NO_DRAFTER
         # for the report's estimated speedup: this request's rounds (measured, or priced in replay), what plain
@@ -492,6 +499,8 @@ class AdaptiveSession:
             record = dataclasses.replace(record, drafter=key)
         self.requests.observe(record)
         self.policy.estimator.observe(self.request_class, record)
+        if model is not None and not self.surprised and len(self.models) > 1:
+            self._check_surprise(model)
         r = self.report
         r.rounds += 1
         r.proposed += record.proposed
@@ -514,6 +523,23 @@ class AdaptiveSession:
             self.plain_priced_s += record.emitted * verify[1]
             self.verify_priced_s += verify[min(record.verified, len(verify) - 1)]
             self.verify_measured_s += record.verify_s
+
+    def _check_surprise(self, model: _ModelDrafter) -> None:
+        """This request accepts ``model`` far below what its class predicts (a request unlike its class, e.g. prose
+        the classifier put with math): the other model-type drafters it has not run are tried, so that they are
+        judged on this request's rounds, their catch-up paid once, not on the class estimate that misjudged it."""
+        mine = self.requests.by_drafter.get(model.name)
+        if mine is None or mine.draft_tokens < self.config.surprise_min_tokens or model.class_proposed <= 0:
+            return
+        p = min(model.class_accepted / model.class_proposed, 1.0)
+        n = mine.draft_tokens
+        z = (mine.accepted_tokens - n * p) / math.sqrt(max(n * p * (1 - p), 1e-9))
+        if z < -self.config.surprise_z:
+            self.surprised = True
+            for other in self.models.values():
+                if other is not model and other.name not in self.requests.by_drafter:
+                    other.explore_left = max(other.explore_left, self.config.explore_rounds)
+            self.report.extra["surprise"] = {"drafter": model.name, "round": self.report.rounds, "z": round(z, 2)}
 
     def finish(self) -> RequestReport:
         self.policy.estimator.observe_request_end(self.request_class, self.requests)
