@@ -38,6 +38,7 @@ from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # no
 from adaptive_spec.generator import AdaptiveGenerator  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.calibrate import calibrate_pair  # noqa: E402
+from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import default_policy_path, load_policy_file  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
@@ -121,6 +122,10 @@ def main() -> None:
                         help="only step 3 (after the calibration), written to --out's name + '_controller'")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3, help="calibration repetitions per point")
+    parser.add_argument("--cost-from", type=Path, default=None,
+                        help="price with the cost model saved in an earlier run's JSON instead of calibrating "
+                             "(one calibration is noisy: the draft measured at 0.37 and 0.54 of a target forward "
+                             "on the same day), so that controller runs compare on the same prices")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "head")
     args = parser.parse_args()
 
@@ -133,7 +138,10 @@ def main() -> None:
         print(f"[{done}/{total}] {time.perf_counter() - started:.0f} s", flush=True)
 
     # 1. cost, measured here and now; the same cost model prices the controller's choices in step 3
-    cost = calibrate_pair(target, pair.draft, pair.pair_id, "bfloat16", args.reps, heads={"head": args.head_dir})
+    if args.cost_from:
+        cost = CostModel.model_validate(json.loads(args.cost_from.read_text())["cost_model"])
+    else:
+        cost = calibrate_pair(target, pair.draft, pair.pair_id, "bfloat16", args.reps, heads={"head": args.head_dir})
     cost_figures = costs(cost)
     print(json.dumps(cost_figures, indent=1), flush=True)
 
@@ -164,13 +172,15 @@ def main() -> None:
         rows = mixed_prompts(heldout, args.mixed_per_category, {r["class"] for r in heldout})
         mixed = [(r["class"], chat_ids(tok, r["prompt"])[0], r["prompt"]) for r in rows]
         c_runs = controller_runs(generators, mixed, args.max_new_tokens, progress)
-        controller = {"summary": controller_summary(c_runs), "runs": c_runs, "prompts": len(mixed)}
+        controller = {"summary": controller_summary(c_runs), "runs": c_runs, "prompts": len(mixed),
+                      "cost_source": f"saved in `{args.cost_from}`" if args.cost_from else "calibrated in this run"}
 
     eval_path = args.head_dir / "eval.json"
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     meta = {"head_dir": str(args.head_dir), "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "dtype": "bfloat16", "prompts": len(prompts), "hardware": cost.hardware,
             "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
+            "cost_source": f"saved in `{args.cost_from}`" if args.cost_from else "calibrated in this run",
             "command": "python " + " ".join(sys.argv)}  # fmt: skip
     doc = {"meta": meta, "cost": cost_figures, "cost_model": json.loads(cost.model_dump_json()),
            "teacher_forced_alpha": evaluation.get("alpha"),
@@ -182,6 +192,10 @@ def main() -> None:
     text = controller_markdown(doc) if args.controller_only else markdown(doc)
     out.with_suffix(".md").write_text(text)
     print(text)
+
+
+def _cost_source(meta: dict) -> str:
+    return meta.get("cost_source", "calibrated in this run")
 
 
 def _mark(ok: bool) -> str:
@@ -196,7 +210,7 @@ def markdown(doc: dict) -> str:
         f"Target Qwen2.5-Coder-1.5B-Instruct, bf16, {meta['threads']} threads ({meta['hardware']}), greedy, "
         f"{meta['max_new_tokens']} new tokens, {meta['prompts']} held-out prompts ({meta['per_class']} per class) from "
         f"`{meta['head_dir']}/heldout.jsonl`; configurations interleaved per prompt in one process.", "",
-        f"Cost per drafted token at context {cost['context']} (calibrated in this run): head "
+        f"Cost per drafted token at context {cost['context']} ({_cost_source(meta)}): head "
         f"{cost['head_ms_per_token']:.1f} ms, generic draft {cost['model_ms_per_token']:.1f} ms, one target forward "
         f"{cost['target_forward_ms']:.1f} ms → head / target **{ratio:.3f}** (bar ≤ {COST_BAR:.3f}: "
         f"{_mark(ratio <= COST_BAR)}); generic / target {cost['model_vs_target']:.3f}.", "",
@@ -226,7 +240,8 @@ def markdown(doc: dict) -> str:
 
 def controller_section(controller: dict) -> list[str]:
     lines = [f"## The adaptive controller with and without the head ({controller['prompts']} mixed prompts)", "",
-             "Default policy, cost model calibrated in this run (with the head's table), cold in-memory store per "
+             f"Default policy, cost model {controller.get('cost_source', 'calibrated in this run')} (with the head's "
+             "table), cold in-memory store per "
              "configuration, the policy's classifier picks each request's class.", "",
              "| class | without head tok/s | with head tok/s | ratio (bar > 1 on all) |", "|---|---|---|---|"]  # fmt: skip
     for cls, entry in controller["summary"].items():
@@ -276,7 +291,7 @@ def controller_markdown(doc: dict) -> str:
     lines = ["# The adaptive controller with and without the draft head", "",
              f"Target Qwen2.5-Coder-1.5B-Instruct, bf16, {meta['threads']} threads ({meta['hardware']}), greedy, "
              f"{meta['max_new_tokens']} new tokens; head `{meta['head_dir']}`. Command: `{meta['command']}`.", "",
-             f"Cost per drafted token at context {cost['context']} (calibrated in this run): head "
+             f"Cost per drafted token at context {cost['context']} ({_cost_source(meta)}): head "
              f"{cost['head_ms_per_token']:.1f} ms, generic draft {cost['model_ms_per_token']:.1f} ms, one target forward "
              f"{cost['target_forward_ms']:.1f} ms.", ""] + controller_section(doc["controller"])  # fmt: skip
     return "\n".join(lines) + "\n"
