@@ -453,3 +453,15 @@ def test_pipeline_end_to_end(tiny, tmp_path):
     assert (out / "checkpoint" / "mlp_importance.safetensors").is_file()
     again = run_distill(path, traffic.rows, out, settings, models)  # everything resumes: same model, same results
     assert again["alpha"] == summary["alpha"]
+
+
+def test_an_evaluation_cap_reaches_every_class_in_order():
+    """The first ``limit`` held-out rows may all be one class (a file sorted by class): the cap takes them
+    round-robin over classes, in their original order, so a class at the end is still measured."""
+    from adaptive_spec.distill.traffic import round_robin_by_class
+
+    ids = [f"code/{i}" for i in range(8)] + ["math/0", "math/1"]
+    picked = round_robin_by_class(ids, 4, lambda i: i.split("/")[0])
+    assert picked == ["code/0", "code/1", "math/0", "math/1"]
+    assert round_robin_by_class(ids, 3, lambda i: i.split("/")[0]) == ["code/0", "code/1", "math/0"]
+    assert round_robin_by_class(ids, None, lambda i: i) == ids == round_robin_by_class(ids, 99, lambda i: i)

@@ -27,6 +27,7 @@ from .collect import Collection, CollectSettings
 from .evaluate import end_to_end, runs_to_json, summarize
 from .head import HeadSettings, attach_saved_head, build_head, head_alpha, save_head, train_head
 from .pipeline import GENERIC, DistillModels, Report, _e2e_prompts, _vocabulary, split_and_collect
+from .traffic import round_robin_by_class
 
 HEAD = "head"
 
@@ -64,7 +65,7 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     # 4. evaluate, then save with the figures in the model card
     evaluation = {"training": summary, "vocab_size": vmap.size}
     by_class = defaultdict(list)
-    for i in eval_ids[: settings.eval_max_examples]:
+    for i in round_robin_by_class(eval_ids, settings.eval_max_examples, lambda i: collection.by_id[i].request_class):
         by_class[collection.by_id[i].request_class].append(i)
     evaluation["alpha"] = {c: head_alpha(head, models.target, collection, ids, vmap) for c, ids in by_class.items()}
     save_head(head, models.target, out, {**summary, "vocab_size": vmap.size, "seed": settings.seed},

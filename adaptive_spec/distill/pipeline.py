@@ -34,7 +34,7 @@ from .derive import derive_draft, mlp_importance, parse_layers
 from .drafter import CUSTOM
 from .evaluate import end_to_end, runs_to_json, summarize, teacher_forced_alpha
 from .identity import target_identity
-from .traffic import interleave_classes, split_rows
+from .traffic import interleave_classes, round_robin_by_class, split_rows
 from .train import TrainResult, TrainSettings, train
 from .vocab import VocabMap, choose_vocab
 
@@ -121,7 +121,8 @@ def run_distill(traffic_path: Path, rows: list[PromptRow], out: Path, settings: 
     save_custom_draft(draft, vmap, out, config, model_card(config, None))
 
     # 5. evaluate the saved draft against the generic one
-    evaluation = evaluate_against_generic(out, models, collection, eval_ids[: settings.eval_max_examples],
+    capped = round_robin_by_class(eval_ids, settings.eval_max_examples, lambda i: collection.by_id[i].request_class)
+    evaluation = evaluate_against_generic(out, models, collection, capped,
                                           eval_rows, settings, report)  # fmt: skip
     config.facts["evaluation"] = {k: v for k, v in evaluation.items() if k != "end_to_end"} | (
         {"end_to_end": {k: v for k, v in evaluation["end_to_end"].items() if k != "runs"}} if "end_to_end" in evaluation else {}

@@ -15,10 +15,14 @@ import json
 import random
 import re
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..traces.workload import PromptRow, WorkloadError, read_workload
+
+T = TypeVar("T")
 
 
 class TrafficError(ValueError):
@@ -63,19 +67,25 @@ def read_traffic(path: str | Path, skip_bad_rows: bool = False, max_shown: int =
 
 def interleave_classes(rows: list[PromptRow], limit: int | None) -> list[PromptRow]:
     """At most ``limit`` rows, taken round-robin over classes in file order (every class is represented)."""
-    if limit is None or limit >= len(rows):
-        return list(rows)
-    by_class: dict[str, list[PromptRow]] = defaultdict(list)
-    for row in rows:
-        by_class[row.request_class].append(row)
+    return sorted(round_robin_by_class(rows, limit, lambda row: row.request_class), key=lambda row: row.line)
+
+
+def round_robin_by_class(items: Sequence[T], limit: int | None, class_of: Callable[[T], str]) -> list[T]:
+    """At most ``limit`` items, taken round-robin over their classes, in their original order: a cap on examples
+    that still reaches every class (the first ``limit`` of a file may all be one class)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        by_class[class_of(item)].append(index)
     queues = [iter(v) for v in by_class.values()]
-    picked: list[PromptRow] = []
+    picked: list[int] = []
     while len(picked) < limit:
         for queue in queues:
-            row = next(queue, None)
-            if row is not None and len(picked) < limit:
-                picked.append(row)
-    return sorted(picked, key=lambda r: r.line)
+            index = next(queue, None)
+            if index is not None and len(picked) < limit:
+                picked.append(index)
+    return [items[i] for i in sorted(picked)]
 
 
 def group_of(row: PromptRow) -> str:
