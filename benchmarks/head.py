@@ -138,6 +138,7 @@ def main() -> None:
         print(f"[{done}/{total}] {time.perf_counter() - started:.0f} s", flush=True)
 
     # 1. cost, measured here and now; the same cost model prices the controller's choices in step 3
+    cost_source = f"saved in `{args.cost_from}`" if args.cost_from else "calibrated in this run"
     if args.cost_from:
         cost = CostModel.model_validate(json.loads(args.cost_from.read_text())["cost_model"])
     else:
@@ -173,14 +174,14 @@ def main() -> None:
         mixed = [(r["class"], chat_ids(tok, r["prompt"])[0], r["prompt"]) for r in rows]
         c_runs = controller_runs(generators, mixed, args.max_new_tokens, progress)
         controller = {"summary": controller_summary(c_runs), "runs": c_runs, "prompts": len(mixed),
-                      "cost_source": f"saved in `{args.cost_from}`" if args.cost_from else "calibrated in this run"}
+                      "cost_source": cost_source}
 
     eval_path = args.head_dir / "eval.json"
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     meta = {"head_dir": str(args.head_dir), "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "dtype": "bfloat16", "prompts": len(prompts), "hardware": cost.hardware,
             "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
-            "cost_source": f"saved in `{args.cost_from}`" if args.cost_from else "calibrated in this run",
+            "cost_source": cost_source,
             "command": "python " + " ".join(sys.argv)}  # fmt: skip
     doc = {"meta": meta, "cost": cost_figures, "cost_model": json.loads(cost.model_dump_json()),
            "teacher_forced_alpha": evaluation.get("alpha"),
@@ -194,8 +195,9 @@ def main() -> None:
     print(text)
 
 
-def _cost_source(meta: dict) -> str:
-    return meta.get("cost_source", "calibrated in this run")
+def _cost_source(section: dict) -> str:
+    """Where a run's prices came from (runs before ``--cost-from`` existed calibrated their own)."""
+    return section.get("cost_source", "calibrated in this run")
 
 
 def _mark(ok: bool) -> str:
@@ -240,7 +242,7 @@ def markdown(doc: dict) -> str:
 
 def controller_section(controller: dict) -> list[str]:
     lines = [f"## The adaptive controller with and without the head ({controller['prompts']} mixed prompts)", "",
-             f"Default policy, cost model {controller.get('cost_source', 'calibrated in this run')} (with the head's "
+             f"Default policy, cost model {_cost_source(controller)} (with the head's "
              "table), cold in-memory store per "
              "configuration, the policy's classifier picks each request's class.", "",
              "| class | without head tok/s | with head tok/s | ratio (bar > 1 on all) |", "|---|---|---|---|"]  # fmt: skip

@@ -336,13 +336,17 @@ def _dequant(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_head_config(directory: str | os.PathLike) -> HeadFileConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise HeadError(f"no draft head at {directory} ({CONFIG_FILE} not found)")
+    return HeadFileConfig.model_validate_json(path.read_text())
+
+
 def load_head(directory: str | os.PathLike, target: PreTrainedModel) -> DraftHead:
     """Load a head for ``target``; refuses a head trained for another target."""
     directory = Path(directory)
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise HeadError(f"no draft head at {directory} ({CONFIG_FILE} not found)")
-    config = HeadFileConfig.model_validate_json(path.read_text())
+    config = read_head_config(directory)
     try:
         config.target.check(target_identity(target), f"the draft head at {directory}")
     except IdentityError as error:
@@ -358,10 +362,7 @@ def load_head(directory: str | os.PathLike, target: PreTrainedModel) -> DraftHea
 
 def head_heldout_alpha(directory: str | os.PathLike) -> dict[str, list[float]]:
     """The acceptance per class and draft position a saved head was measured at (empty for heads saved without)."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise HeadError(f"no draft head at {directory} ({CONFIG_FILE} not found)")
-    return HeadFileConfig.model_validate_json(path.read_text()).heldout_alpha
+    return read_head_config(directory).heldout_alpha
 
 
 def attach_saved_head(engine, directory: str | os.PathLike, name: str = "head") -> HeadDrafter:

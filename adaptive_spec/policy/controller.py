@@ -19,8 +19,9 @@ Per round it compares, at the current context length (costs from the calibrated 
 Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
 stuck off. A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
-tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified). Class statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request;
-everything per round is arithmetic on cached numbers.
+tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified). Class
+statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round
+is arithmetic on cached numbers.
 """
 
 from __future__ import annotations
@@ -297,9 +298,9 @@ class AdaptiveSession:
         for d in self.drafters:
             knobs = self.settings.for_drafter(d)
             probe = Decision(d, min(config.probe_k, cap), knobs.threshold, extend, siblings)
-            model = _ModelDrafter(d, Decision(d, min(knobs.max_k, cap), knobs.threshold, extend, siblings),
-                                  self._class_side(d, est.estimate(request_class, d)), probe)  # fmt: skip
-            if self.report.extra["class_side"][d] == "unseen":
+            side, source = self._class_side(d, est.estimate(request_class, d))
+            model = _ModelDrafter(d, Decision(d, min(knobs.max_k, cap), knobs.threshold, extend, siblings), side, probe)
+            if source == "unseen":
                 model.explore_left = config.explore_rounds
             self.models[d] = model
         self.lookup_blend: dict[str, tuple[array, array]] = {}
@@ -378,8 +379,9 @@ class AdaptiveSession:
             return self.models[name].probe, name
         return best, best_key
 
-    def _class_side(self, name: str, estimate: Estimate) -> tuple[float, float, float]:
-        """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds; from
+    def _class_side(self, name: str, estimate: Estimate) -> tuple[tuple[float, float, float], str]:
+        """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds, and
+        where it came from (also in the report's ``class_side``); from
         the first that exists: the class's rounds with this drafter, the class's profiled prior for it, the
         acceptance measured when the drafter was trained (``measured_alpha``: for this class, else the pessimistic
         ``prior_unseen_accept``, then ``explore_rounds`` tries), the drafter's rounds in all classes (a head or
@@ -406,7 +408,7 @@ class AdaptiveSession:
             source, weight = "generic", min(self.config.generic_prior_weight, cap)
             accepted, proposed = self.config.prior_model_accepted, self.config.prior_model_proposed
         self.report.extra.setdefault("class_side", {})[name] = source
-        return weight * accepted, weight * proposed, weight
+        return (weight * accepted, weight * proposed, weight), source
 
     def _model_rate(self, model: _ModelDrafter, context_len: int, remaining: int) -> float:
         """Expected tokens per second of a round with this drafter: class and request blended; a catch-up spread
