@@ -279,7 +279,8 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
 def test_a_request_far_below_its_class_tries_the_other_drafters():
     """The class says the cheap head is accepted well, this request accepts none of it (a request unlike its
     class): once its own rounds are clearly below the class's, the model draft it has not run is tried for
-    ``explore_rounds`` rounds, once per request; a request like its class, or a single drafter, is left alone."""
+    ``explore_rounds`` rounds, once per request, and the class's estimate of the head counts as a guess from then
+    on; a request like its class, or a single drafter, is left alone."""
     both = ClassSettings(model=DraftSettings(max_k=4), drafters={"head": DraftSettings(max_k=4)})
     config = ControllerConfig(default=both, explore_rounds=2, surprise_min_tokens=8)
     p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
@@ -304,6 +305,9 @@ def test_a_request_far_below_its_class_tries_the_other_drafters():
     first_model = drafters.index("model")
     assert drafters[first_model: first_model + 2] == ["model", "model"]  # the probes, k = probe_k
     assert unlike.report.extra["surprise"]["drafter"] == "head"
+    head = unlike.models["head"]  # the class's estimate, refuted for this request, now counts as a guess
+    assert head.weight == config.generic_prior_weight
+    assert head.class_accepted / head.weight == pytest.approx(3.0) and head.class_proposed / head.weight == 4.0
     like, drafters = run(accepted=3)
     assert "surprise" not in like.report.extra and set(drafters) == {"head"}
 
@@ -312,6 +316,39 @@ def test_a_request_far_below_its_class_tries_the_other_drafters():
     for _ in range(12):
         session.on_round(head_round(session.decide(state()).k, 0))
     assert "surprise" not in session.report.extra
+
+
+def test_a_drafter_priced_close_to_the_best_is_tried_once_per_request():
+    """The class prices the head a little above the model draft: with ``explore_within`` a request tries the
+    draft (``explore_rounds`` probes, once) and keeps it where its own rounds are accepted in full (the head, now
+    the one priced close to the best, is tried in turn), returns to the head where they are not; without the
+    margin, or with one the draft's price misses, it never runs the draft."""
+    both = ClassSettings(model=DraftSettings(max_k=4), drafters={"head": DraftSettings(max_k=4)})
+
+    def drafters_of(explore_within: float, model_accepts: bool) -> list[str]:
+        config = ControllerConfig(default=both, explore_rounds=4, probe_k=4, prior_weight=4,
+                                  explore_within=explore_within)
+        p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
+        for _ in range(40):
+            p.estimator.observe("math", head_round(4, 1))
+            p.estimator.observe("math", model_round(4, 3))  # priced at 0.92 of the head
+        session = p.start(RequestInfo(request_class="math"))
+        out = []
+        for _ in range(10):
+            d = session.decide(state())
+            out.append(d.drafter)
+            if d.drafter == "head":
+                session.on_round(head_round(d.k, min(1, d.k)))
+            else:
+                session.on_round(model_round(d.k, d.k if model_accepts else 0))
+        return out
+
+    assert drafters_of(0.0, True) == ["head"] * 10
+    assert drafters_of(0.05, True) == ["head"] * 10
+    kept = drafters_of(0.2, True)  # the draft, now best, has the head tried in turn (priced close to it)
+    assert kept == ["model"] + ["head"] * 4 + ["model"] * 5
+    left = drafters_of(0.2, False)
+    assert left[:4] == ["model"] * 4 and left[4:] == ["head"] * 6
 
 
 def plain_round(context: int = 100) -> RoundRecord:

@@ -19,7 +19,8 @@ Per round it compares, at the current context length (costs from the calibrated 
 Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
 stuck off. A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
-tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified). Class
+tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified), and
+from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). Class
 statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round
 is arithmetic on cached numbers.
 """
@@ -132,9 +133,13 @@ class ControllerConfig(BaseModel):
                                        "per position; alignment, not size, sets alpha, so assume little")  # fmt: skip
     explore_rounds: int = Field(4, ge=0, description="rounds a drafter is tried in a request of a class its "
                                 "training traffic lacked, while the class has no rounds of it")  # fmt: skip
-    surprise_z: float = Field(2.5, gt=0, description="a request whose own acceptance of a drafter sits this many "
+    explore_within: float = Field(0.3, ge=0, lt=1, description="a model-type drafter a request has not run, "
+                                  "priced within this fraction of the best model-type drafter's rate, is tried "
+                                  "(explore_rounds), once per request")  # fmt: skip
+    surprise_z: float = Field(2.0, gt=0, description="a request whose own acceptance of a drafter sits this many "
                               "standard deviations below its class's tries the other model-type drafters it has "
-                              "not run (explore_rounds each), once per request")  # fmt: skip
+                              "not run (explore_rounds each), once per request, and weighs the class's "
+                              "estimate of that drafter as a guess (generic_prior_weight) from then on")  # fmt: skip
     surprise_min_tokens: int = Field(16, ge=1, description="drafted tokens of the request before that test")
     hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to switch the model draft on/off")
     probe_every: int = Field(24, ge=1, description="plain steps before the switched-off model draft is re-tried")
@@ -261,11 +266,12 @@ class _ModelDrafter:
     """One model-type drafter's state in one request, in one small object: a round reads it whole."""
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
-                 "sibling_accepted", "sibling_verified", "explore_left", "probe")
+                 "sibling_accepted", "sibling_verified", "explore_left", "probe", "explored")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
         self.name, self.decision, self.probe = name, decision, probe
         self.explore_left = 0  # rounds still to try it in this request (a class its training traffic lacked)
+        self.explored = False  # tried because it was priced close to the best drafter (once per request)
         # the class's side of the blend, fixed for the request: weight x accepted, weight x proposed, weight
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
@@ -319,6 +325,7 @@ class AdaptiveSession:
         self.lookup_min_ngram = self.settings.lookup_min_ngram
         self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
         self.catchup_amortize, self.refresh_tokens = config.catchup_amortize, config.refresh_tokens
+        self.explore_within = config.explore_within if len(self.models) > 1 else 0.0
         self.checked_prompt = True
         if self.use_lookup:  # the class's side of every kind of lookup proposal, read now rather than mid-request
             kinds = range(self.lookup.min_ngram, self.lookup.max_ngram + 1)
@@ -369,6 +376,8 @@ class AdaptiveSession:
             model.on = on = forced or rate > plain_rate * (self.keep_on if model.on else self.turn_on)
             if on and rate > best_rate:
                 best_rate, best, best_key = rate, model.decision, model.name
+        if best_key in self.models and self.explore_within:
+            self._explore_close(best_key, best_rate, context_len, state.remaining)
         for model in self.models.values():
             if model.explore_left and best_key != model.name:  # measure it here before trusting a guess
                 return model.probe, model.name
@@ -378,6 +387,17 @@ class AdaptiveSession:
             self.probe_turn += 1
             return self.models[name].probe, name
         return best, best_key
+
+    def _explore_close(self, best: str, best_rate: float, context_len: int, remaining: int) -> None:
+        """Another model-type drafter this request has not run, priced within ``explore_within`` of the best one,
+        is tried (``explore_rounds``, once per request): classes mix requests whose acceptance differs by far more
+        than that margin, and only a request's own rounds tell which drafter suits it."""
+        for model in self.models.values():
+            if model.name == best or model.explored or model.name in self.requests.by_drafter:
+                continue
+            if self._model_rate(model, context_len, remaining) >= best_rate * (1 - self.explore_within):
+                model.explored = True
+                model.explore_left = max(model.explore_left, self.config.explore_rounds)
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[tuple[float, float, float], str]:
         """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds, and
@@ -538,6 +558,10 @@ class AdaptiveSession:
         z = (mine.accepted_tokens - n * p) / math.sqrt(max(n * p * (1 - p), 1e-9))
         if z < -self.config.surprise_z:
             self.surprised = True
+            # the class's estimate of ``model`` is refuted for this request: from now on it counts as a guess
+            scale = min(model.weight, self.config.generic_prior_weight) / model.weight
+            model.class_accepted, model.class_proposed, model.weight = (
+                model.class_accepted * scale, model.class_proposed * scale, model.weight * scale)
             for other in self.models.values():
                 if other is not model and other.name not in self.requests.by_drafter:
                     other.explore_left = max(other.explore_left, self.config.explore_rounds)
