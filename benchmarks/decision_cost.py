@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive import RESULTS, Timed  # noqa: E402
 
-from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
+from adaptive_spec.generator import AdaptiveGenerator  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.calibrate import hardware  # noqa: E402
+from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
@@ -76,7 +77,8 @@ def markdown(summary: dict, meta: dict) -> str:
         f"`{meta['command']}`",
         "",
         f"{meta['prompts']} held-out Spec-Bench prompts, {meta['max_new_tokens']} new tokens, greedy, bf16, "
-        f"{meta['threads']} threads, policy `{meta['policy']}` (cold store). {meta['hardware']}.",
+        f"{meta['threads']} threads, policy `{meta['policy']}` (cold store), drafters "
+        f"{', '.join(meta.get('drafters', ['model', 'lookup']))}. {meta['hardware']}.",
         "",
         f"**decide() p50 {d['p50']:.1f} µs** (bar ≤ {BAR_US:.0f} µs: {'met' if d['p50'] <= BAR_US else 'not met'}).",
         "",
@@ -103,11 +105,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--head", type=Path, default=None,
+                        help="a draft head directory: time the decisions with it as a second model-type drafter")
+    parser.add_argument("--cost-from", type=Path, default=None,
+                        help="a benchmark JSON whose saved cost_model prices the drafters (e.g. results/head.json, "
+                             "which prices the head)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "decision_cost")
     args = parser.parse_args()
     configure_threads(args.threads)
 
     policy_file = load_policy_file(args.policy, None)
+    if args.cost_from:
+        cost = CostModel.model_validate(json.loads(args.cost_from.read_text())["cost_model"])
+        policy_file = policy_file.model_copy(update={"cost": cost})
     _, held_out = split_by_class(read_traces(args.traces, pair_id=policy_file.pair_id), args.held_out, args.seed)
     seen: dict[str, int] = defaultdict(int)
     prompts = []
@@ -118,8 +128,8 @@ def main() -> None:
     prompts.sort(key=lambda t: (sorted(seen).index(t.request_class), t.prompt))
 
     pair = load_pair(dtype="bfloat16")
-    timed = Timed(policy_from_file(policy_file))
-    generator = AdaptiveGenerator(pair.target, pair.draft, pair.tokenizer, policy=timed)
+    generator = AdaptiveGenerator(pair.target, pair.draft, pair.tokenizer, policy=policy_file, head=args.head)
+    generator.policy = timed = Timed(generator.policy)
     generator.generate(chat_ids(pair.tokenizer, "Say hi."), max_new_tokens=8)  # warm-up, not counted
     timed.samples.clear(), timed.decisions.clear(), timed.on_round_samples.clear()
     seconds, rounds = 0.0, 0
@@ -135,6 +145,7 @@ def main() -> None:
     summary = summarize(timed)
     meta = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
             "policy": str(args.policy.name), "hardware": hardware(),
+            "drafters": generator.model_drafters() + ["lookup"], "cost_from": str(args.cost_from or ""),
             "seconds_per_round": seconds / max(rounds, 1), "command": "python " + " ".join(sys.argv)}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary,
