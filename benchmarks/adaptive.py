@@ -109,11 +109,13 @@ def hindsight(traces, cost, max_new_tokens=None):
 
 
 def saved_cost_model(path: Path) -> CostModel:
-    """The cost model a ``--calibrate`` run measured, from its saved result (replay scripts price with it)."""
-    summary = json.loads(path.read_text())["summary"]
-    if "cost_model" not in summary:
-        raise SystemExit(f"{path} holds no calibrated cost model (run adaptive.py with --calibrate)")
-    return CostModel.model_validate(summary["cost_model"])
+    """The cost model a benchmark run priced with, from its saved result (replay scripts and ``--cost-from`` price
+    with it): under ``summary`` where adaptive.py ``--calibrate`` wrote it, at the top where head.py did."""
+    doc = json.loads(path.read_text())
+    saved = doc.get("cost_model") or (doc.get("summary") or {}).get("cost_model")
+    if saved is None:
+        raise SystemExit(f"{path} holds no calibrated cost model (run adaptive.py with --calibrate, or head.py)")
+    return CostModel.model_validate(saved)
 
 
 def chosen(name: str | None, candidates: list, replay_pick):

@@ -26,12 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adaptive import RESULTS, Timed  # noqa: E402
+from adaptive import RESULTS, Timed, saved_cost_model  # noqa: E402
 
 from adaptive_spec.generator import AdaptiveGenerator  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.calibrate import hardware  # noqa: E402
-from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
@@ -116,8 +115,7 @@ def main() -> None:
 
     policy_file = load_policy_file(args.policy, None)
     if args.cost_from:
-        cost = CostModel.model_validate(json.loads(args.cost_from.read_text())["cost_model"])
-        policy_file = policy_file.model_copy(update={"cost": cost})
+        policy_file = policy_file.model_copy(update={"cost": saved_cost_model(args.cost_from)})
     _, held_out = split_by_class(read_traces(args.traces, pair_id=policy_file.pair_id), args.held_out, args.seed)
     seen: dict[str, int] = defaultdict(int)
     prompts = []

@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adaptive import saved_cost_model  # noqa: E402  (benchmarks/adaptive.py)
 from distill import config_table, heldout_prompts  # noqa: E402  (benchmarks/distill.py)
 
 from adaptive_spec.distill.evaluate import end_to_end, runs_to_json, summarize  # noqa: E402
@@ -38,7 +39,6 @@ from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # no
 from adaptive_spec.generator import AdaptiveGenerator  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.calibrate import calibrate_pair  # noqa: E402
-from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import default_policy_path, load_policy_file  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> None:
     # 1. cost, measured here and now; the same cost model prices the controller's choices in step 3
     cost_source = f"saved in `{args.cost_from}`" if args.cost_from else "calibrated in this run"
     if args.cost_from:
-        cost = CostModel.model_validate(json.loads(args.cost_from.read_text())["cost_model"])
+        cost = saved_cost_model(args.cost_from)
     else:
         cost = calibrate_pair(target, pair.draft, pair.pair_id, "bfloat16", args.reps, heads={"head": args.head_dir})
     cost_figures = costs(cost)
