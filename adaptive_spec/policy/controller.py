@@ -266,12 +266,11 @@ class _ModelDrafter:
     """One model-type drafter's state in one request, in one small object: a round reads it whole."""
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
-                 "sibling_accepted", "sibling_verified", "explore_left", "probe", "explored")
+                 "sibling_accepted", "sibling_verified", "explore_left", "probe")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
         self.name, self.decision, self.probe = name, decision, probe
         self.explore_left = 0  # rounds still to try it in this request (a class its training traffic lacked)
-        self.explored = False  # tried because it was priced close to the best drafter (once per request)
         # the class's side of the blend, fixed for the request: weight x accepted, weight x proposed, weight
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
@@ -325,7 +324,7 @@ class AdaptiveSession:
         self.lookup_min_ngram = self.settings.lookup_min_ngram
         self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
         self.catchup_amortize, self.refresh_tokens = config.catchup_amortize, config.refresh_tokens
-        self.explore_within = config.explore_within if len(self.models) > 1 else 0.0
+        self.explore_within = config.explore_within if len(self.models) > 1 and config.explore_rounds else 0.0
         self.checked_prompt = True
         if self.use_lookup:  # the class's side of every kind of lookup proposal, read now rather than mid-request
             kinds = range(self.lookup.min_ngram, self.lookup.max_ngram + 1)
@@ -393,11 +392,11 @@ class AdaptiveSession:
         is tried (``explore_rounds``, once per request): classes mix requests whose acceptance differs by far more
         than that margin, and only a request's own rounds tell which drafter suits it."""
         for model in self.models.values():
-            if model.name == best or model.explored or model.name in self.requests.by_drafter:
+            # already being tried (explore_left) or already run in this request: nothing to decide
+            if model.name == best or model.explore_left or model.name in self.requests.by_drafter:
                 continue
             if self._model_rate(model, context_len, remaining) >= best_rate * (1 - self.explore_within):
-                model.explored = True
-                model.explore_left = max(model.explore_left, self.config.explore_rounds)
+                model.explore_left = self.config.explore_rounds
 
     def _class_side(self, name: str, estimate: Estimate) -> tuple[tuple[float, float, float], str]:
         """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds, and
