@@ -13,8 +13,11 @@ Vocabulary (used the same way everywhere in this package):
   same forward (greedy only); ``sibling_accepted`` is 1 when the first rejected proposal's sibling was the target's
   token (it replaces the proposal, and the target adds its token after it). Like the extension, not counted as
   proposed or accepted.
-- Every round *emits* ``accepted + extension_accepted + sibling_accepted + 1`` tokens (bonus or recovered), fewer
-  only when a stop rule cuts the round.
+- *guess*: a padded plain step's one token fed after the pending token (prompt lookup's next token, or the pending
+  token again) because a 2-token forward costs no more than a 1-token one on the hardware; a plain step still
+  (``proposed`` 0), counted as ``guessed`` and ``guess_accepted``.
+- Every round *emits* ``accepted + extension_accepted + sibling_accepted + guess_accepted + 1`` tokens (bonus or
+  recovered), fewer only when a stop rule cuts the round.
 - Token-level acceptance rate ``alpha = accepted / proposed`` over many rounds; *mean accepted per round* excludes
   the bonus/recovered token (vLLM's "mean acceptance length" is this plus one).
 
@@ -36,7 +39,8 @@ class RoundRecord:
     k: int  # draft budget the round ran with (the decision, capped by the tokens left to generate)
     proposed: int  # tokens proposed, <= k
     accepted: int  # leading proposed tokens the target accepted, <= proposed
-    emitted: int  # tokens appended (accepted + extension_accepted + sibling_accepted + 1, unless a stop cut it)
+    emitted: int  # tokens appended (accepted + extension_accepted + sibling_accepted + guess_accepted + 1, unless a
+    # stop cut it)
     context_len: int  # tokens in the context (prompt + generated) before the round
     draft_s: float  # seconds spent drafting, catch-up included
     verify_s: float  # seconds in the target's forward over the pending token + proposals
@@ -47,11 +51,14 @@ class RoundRecord:
     extension_accepted: int = 0  # of those, accepted (only after every proposal was)
     siblings: int = 0  # second choices verified beside the proposals (greedy, model-type drafters)
     sibling_accepted: int = 0  # 1 when the first rejected proposal's sibling was accepted in its place
+    guessed: int = 0  # 1 when a plain step fed a guess after the pending token (a padded plain step)
+    guess_accepted: int = 0  # 1 when the target agreed with the guess
 
     @property
     def verified(self) -> int:
-        """Tokens in the round's verify forward: the pending token, the proposals, the extension, the siblings."""
-        return 1 + self.proposed + self.extension + self.siblings
+        """Tokens in the round's verify forward: the pending token, the proposals, the extension, the siblings, the
+        guess."""
+        return 1 + self.proposed + self.extension + self.siblings + self.guessed
 
     @property
     def speculative(self) -> bool:

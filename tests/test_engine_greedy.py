@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adaptive_spec.engine import (
+    PADDED_PLAIN_STEP,
     Decision,
     FallbackDrafter,
     ModelDrafter,
@@ -63,8 +64,40 @@ def test_plain_steps_match_target(engine, pair):
     assert all(r.k == 0 and r.proposed == 0 for r in out.records)
 
 
+def test_padded_plain_steps_match_target(engine, pair):
+    """A plain step that feeds a guess after the pending token (lookup's next token, else the pending token again)
+    emits the target's greedy tokens, one more whenever the guess was right."""
+    guessed_right = 0
+    for prompt in PROMPTS:
+        out = engine.generate(torch.tensor(prompt), fixed("none", 0, pad_plain=True), stop=StopRule(40))
+        assert out.sequences[0].tolist() == reference(pair[0], prompt, 40, eos=-1)
+        assert all(r.k == 0 and r.proposed == 0 and r.guessed == 1 and r.verified == 2 for r in out.records)
+        assert all(r.emitted == 1 + r.guess_accepted for r in out.records[:-1])  # the last may be cut
+        guessed_right += sum(r.guess_accepted for r in out.records)
+    assert guessed_right > 0, "the test needs right guesses"
+
+
+@pytest.mark.parametrize("max_new", [1, 2, 9])
+def test_padded_plain_steps_without_lookup_guess_the_pending_token(pair, max_new):
+    target, draft = pair
+    engine = SpeculativeEngine(target, [ModelDrafter(draft)])  # no lookup drafter: the guess repeats the pending
+    seen = []
+
+    def decide(state):
+        seen.append((state.context.numel(), int(state.context[-1])))
+        return PADDED_PLAIN_STEP
+
+    for prompt in PROMPTS:
+        seen.clear()
+        out = engine.generate(torch.tensor(prompt), decide, stop=StopRule(max_new))
+        expected = reference(target, prompt, max_new, eos=-1)
+        assert out.sequences[0].tolist() == expected
+        # the guess (the pending token) is right when the target's next token repeats it
+        assert [r.guess_accepted for r in out.records] == [int(expected[n] == pending) for n, pending in seen]
+
+
 def test_k_changes_every_round(engine, pair):
-    schedule = itertools.cycle([Decision("model", 3), Decision("none", 0), Decision("lookup", 5),
+    schedule = itertools.cycle([Decision("model", 3), Decision("none", 0), Decision("lookup", 5), PADDED_PLAIN_STEP,
                                 Decision("model", 1), Decision("hybrid", 8), Decision("model", 6, 0.5)])
     for prompt in PROMPTS:
         asked = []

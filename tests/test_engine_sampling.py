@@ -14,6 +14,7 @@ import torch
 from scipy.stats import chisquare
 
 from adaptive_spec.engine import (
+    PADDED_PLAIN_STEP,
     Decision,
     FallbackDrafter,
     ModelDrafter,
@@ -85,8 +86,8 @@ def run_engine(target, draft, decide, params, seed):
     for _ in range(SAMPLES):
         out = engine.generate(torch.tensor(PROMPT), decide, stop=stop, sampling=params, generator=generator)
         counts[tuple(out.new_tokens.tolist())] += 1
-        proposed += out.proposed + sum(r.extension for r in out.records)
-        accepted += out.accepted + sum(r.extension_accepted for r in out.records)
+        proposed += out.proposed + sum(r.extension + r.guessed for r in out.records)
+        accepted += out.accepted + sum(r.extension_accepted + r.guess_accepted for r in out.records)
     return counts, proposed, accepted
 
 
@@ -99,6 +100,12 @@ CASES = {
     ),
     # a sampled model draft continued by prompt lookup in the same round (point-mass rows after sampled ones)
     "model+lookup-extension-T0.9": (fixed("model", 1, 0.0, 2), SamplingParams(do_sample=True, temperature=0.9)),
+    # padded plain steps (a guess verified as a point mass: lookup's next token, else the pending token again)
+    # between model rounds
+    "padded-plain-T0.8": (
+        lambda state, it=itertools.cycle([PADDED_PLAIN_STEP, Decision("model", 2), PADDED_PLAIN_STEP]): next(it),
+        SamplingParams(do_sample=True, temperature=0.8),
+    ),
 }
 
 

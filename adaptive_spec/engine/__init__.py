@@ -2,13 +2,23 @@
 
 from ..records import NO_DRAFTER, RoundRecord
 from .drafters import Draft, Drafter, DraftRequest, FallbackDrafter, ModelDrafter, PromptLookupDrafter
-from .loop import PLAIN_STEP, Decide, Decision, GenerationResult, RoundState, SpeculativeEngine, fixed
+from .loop import (
+    PADDED_PLAIN_STEP,
+    PLAIN_STEP,
+    Decide,
+    Decision,
+    GenerationResult,
+    RoundState,
+    SpeculativeEngine,
+    fixed,
+)
 from .sampling import GREEDY, SamplingParams
 from .stopping import StopRule
 
 __all__ = [
     "GREEDY",
     "NO_DRAFTER",
+    "PADDED_PLAIN_STEP",
     "PLAIN_STEP",
     "Decide",
     "Decision",

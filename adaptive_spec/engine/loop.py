@@ -39,9 +39,15 @@ class Decision:
     # greedy only: a model drafter's second choice is verified beside each drafted token it gave probability below
     # this (a depth-1 token tree, one forward); when the target picks it, the round keeps it and one token more
     sibling_below: float = 0.0
+    # a round that would feed the target only the pending token feeds a guess after it (prompt lookup's next token,
+    # else the pending token again), verified as a deterministic proposal: on CPUs where a 1-token forward is no
+    # cheaper than a 2-token one (bf16 on this project's reference machine: slower), a plain step costs less and
+    # sometimes emits two tokens. The output is unchanged (greedy: identical; sampling: the same distribution).
+    pad_plain: bool = False
 
 
 PLAIN_STEP = Decision()
+PADDED_PLAIN_STEP = Decision(pad_plain=True)
 EXTENDER = "lookup"  # the drafter a decision's ``extend`` asks
 
 
@@ -63,9 +69,10 @@ Decide = Callable[[RoundState], Decision]
 OnRound = Callable[[RoundRecord], None]
 
 
-def fixed(drafter: str, k: int, threshold: float = 0.0, extend: int = 0, sibling_below: float = 0.0) -> Decide:
+def fixed(drafter: str, k: int, threshold: float = 0.0, extend: int = 0, sibling_below: float = 0.0,
+          pad_plain: bool = False) -> Decide:  # fmt: skip
     """A ``decide`` that always returns the same decision."""
-    decision = Decision(drafter, k, threshold, extend, sibling_below)
+    decision = Decision(drafter, k, threshold, extend, sibling_below, pad_plain)
     return lambda state: decision
 
 
@@ -236,6 +243,9 @@ class SpeculativeEngine:
         else:
             draft = Draft(tokens=context[:0], source=NO_DRAFTER)
         proposals, q_draft, extension = self._extended(context, draft, decision.extend, remaining - 1 - len(draft))
+        guessed = decision.pad_plain and not proposals.numel()
+        if guessed:
+            proposals, q_draft = self._guess(context, q_draft)
         _sync(self.device)
         t1 = time.perf_counter()
 
@@ -268,7 +278,7 @@ class SpeculativeEngine:
             new = torch.cat([proposals[:accepted], added.view(1), logits[row].argmax().view(1)])
             self.target.keep(start, list(range(accepted + 1)) + [row])
 
-        own = min(accepted, len(draft))  # the drafter's acceptance; the extension's is counted apart
+        own = min(accepted, len(draft))  # the drafter's acceptance; the extension's and the guess's counted apart
         record = RoundRecord(
             drafter=(draft.source or drafter_name) if len(draft) else drafter_name,
             k=k_run,
@@ -282,9 +292,11 @@ class SpeculativeEngine:
             catchup=draft.catchup,
             k_asked=k if k != k_run else None,
             extension=extension,
-            extension_accepted=accepted - own,
+            extension_accepted=accepted - own if not guessed else 0,
             siblings=len(siblings),
             sibling_accepted=int(rescued is not None),
+            guessed=int(guessed),
+            guess_accepted=accepted if guessed else 0,
         )
         return record, new
 
@@ -303,6 +315,19 @@ class SpeculativeEngine:
             point = torch.zeros(extension.numel(), q_draft.shape[1], dtype=q_draft.dtype, device=q_draft.device)
             q_draft = torch.cat([q_draft, point.scatter_(1, extension.view(-1, 1), 1.0)])
         return torch.cat([draft.tokens, extension]), q_draft, extension.numel()
+
+    def _guess(self, context: torch.Tensor, q_draft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A padded plain step's one proposal: prompt lookup's next token where the engine has a lookup drafter
+        with a match, else the pending token again; its draft row a point mass (rows of a sampled drafter's shape
+        when the drafter gave an empty sampled draft, else None: deterministic)."""
+        lookup = self.drafters.get(EXTENDER)
+        guess = lookup.match(context, 1)[0] if hasattr(lookup, "match") else context[:0]
+        if not guess.numel():
+            guess = context[-1:]
+        if q_draft is not None:
+            q_draft = torch.zeros(1, q_draft.shape[1], dtype=q_draft.dtype, device=q_draft.device)
+            q_draft[0, guess[0]] = 1.0
+        return guess, q_draft
 
     def _check(self, decision: Decision) -> int:
         k, extend = decision.k, decision.extend
