@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from adaptive_spec.engine import NO_DRAFTER, PLAIN_STEP, RoundState
+from adaptive_spec.engine import NO_DRAFTER, PADDED_PLAIN_STEP, PLAIN_STEP, RoundState
 from adaptive_spec.policy.base import RequestInfo
 from adaptive_spec.policy.controller import AdaptivePolicy, ClassSettings, ControllerConfig, DraftSettings
 from adaptive_spec.policy.cost import CostModel, CostTable
@@ -161,6 +161,51 @@ def test_speculation_off_and_max_k():
     warm(p.estimator, "code", 0.95)
     assert p.start(RequestInfo(request_class="code", speculation="off")).decide(state()).k == 0
     assert p.start(RequestInfo(request_class="code", max_k=3)).decide(state()).k == 3
+
+
+def slow_single_token_cost() -> CostModel:
+    """A CPU like the reference machine in bf16: a 1-token forward is slower than a 2-token one."""
+    target = CostTable(tokens=[1, 2, 4, 17], contexts=[100, 2000],
+                       seconds=[[0.12, 0.10, 0.11, 0.16], [0.14, 0.13, 0.14, 0.19]])
+    return cost_model().model_copy(update={"target": target})
+
+
+@pytest.mark.parametrize("mode, slow_single, expected", [
+    ("auto", True, PADDED_PLAIN_STEP), ("auto", False, PLAIN_STEP), ("on", False, PADDED_PLAIN_STEP),
+    ("off", True, PLAIN_STEP)])  # fmt: skip
+def test_plain_steps_are_padded_where_a_two_token_forward_is_cheaper(mode, slow_single, expected):
+    cost = slow_single_token_cost() if slow_single else cost_model()
+    p = AdaptivePolicy(cost, AlphaEstimator(pair_id="test"), ControllerConfig(pad_plain=mode))
+    warm(p.estimator, "chat", 0.05)
+    assert p.start(RequestInfo(request_class="chat")).decide(state()) == expected
+    # speculation "off" is plain decoding as the user knows it: never padded
+    assert p.start(RequestInfo(request_class="chat", speculation="off")).decide(state()) == PLAIN_STEP
+
+
+@pytest.mark.parametrize("accept_rate", [0.05, 0.75, 0.8, 0.95])
+def test_padding_changes_no_choice_between_drafting_and_not(accept_rate):
+    """A padded plain step is still priced as a 1-token forward: padding makes the plain steps taken cheaper, it
+    does not move the break-even a draft must clear (pricing it at the 2-token forward lost in replay)."""
+    decisions = {}
+    for mode in ("off", "auto"):
+        p = AdaptivePolicy(slow_single_token_cost(), AlphaEstimator(pair_id="test"), ControllerConfig(pad_plain=mode))
+        warm(p.estimator, "edge", accept_rate, rounds=400)
+        decisions[mode] = p.start(RequestInfo(request_class="edge")).decide(state())
+    if decisions["off"].k:
+        assert decisions["auto"] == decisions["off"]
+    else:
+        assert (decisions["off"], decisions["auto"]) == (PLAIN_STEP, PADDED_PLAIN_STEP)
+
+
+def test_padded_plain_steps_are_reported():
+    p = AdaptivePolicy(slow_single_token_cost(), AlphaEstimator(pair_id="test"))
+    session = p.start(RequestInfo(request_class="chat"))
+    for accepted in (1, 0, 1):
+        session.on_round(RoundRecord(NO_DRAFTER, 0, 0, 0, 1 + accepted, 100, 0.0, 0.1, guessed=1,
+                                     guess_accepted=accepted))  # fmt: skip
+    report = session.finish()
+    assert report.extra["padded_plain"] == {"rounds": 3, "accepted": 2}
+    assert report.decisions == {"plain": 3}
 
 
 def test_decision_cost(benchmark=None):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from adaptive_spec.engine import Decision, SpeculativeEngine, StopRule, fixed
+from adaptive_spec.engine import PADDED_PLAIN_STEP, Decision, SpeculativeEngine, StopRule
 from adaptive_spec.policy.base import FixedPolicy, RequestInfo
 from adaptive_spec.policy.cost import CostModel, CostTable
 from adaptive_spec.runtime import eos_ids, standard_drafters
@@ -55,6 +55,9 @@ SCRIPTS = {
     "model k=4 + siblings": [Decision("model", 4, sibling_below=0.9)],
     "switching with siblings": [Decision("model", 3, 0.0, 0, 1.0), Decision("hybrid", 5, 0.4, 2, 0.8),
                                 Decision("none", 0), Decision("model", 6, 0.5, 0, 0.95), Decision("lookup", 4)],
+    "padded plain steps": [PADDED_PLAIN_STEP],
+    "switching with padded plain steps": [Decision("model", 3), PADDED_PLAIN_STEP, PADDED_PLAIN_STEP,
+                                          Decision("lookup", 4), PADDED_PLAIN_STEP, Decision("none", 0)],
 }
 
 
@@ -94,13 +97,24 @@ def test_replay_matches_engine_round_for_round(traced, script):
         sim = replay(trace, _Scripted(SCRIPTS[script]), flat_cost()).records
         fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup,  # noqa: E731
                             r.extension_accepted, r.extension if r.accepted == r.proposed else None,
-                            r.sibling_accepted)
+                            r.sibling_accepted, r.guessed, r.guess_accepted)
         assert [fields(r) for r in sim] == [fields(r) for r in real]
         for s, r in zip(sim, real):  # the confidences a controller sees are the engine's, where recorded
             known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]
             assert [a for a, _ in known] == pytest.approx([b for _, b in known], abs=1e-4)
             if len(known) == len(s.draft_probs):  # siblings sit where the confidence is low: known everywhere
                 assert s.siblings == r.siblings
+
+
+def test_replay_prices_padded_plain_steps_as_two_token_forwards(traced):
+    """A padded plain step is priced as the 2-token forward it is, and its right guesses are in the traces (the
+    round-for-round comparison above then checks something)."""
+    _, traces = traced
+    script = SCRIPTS["padded plain steps"]
+    runs = [replay(t, _Scripted(script), flat_cost()).records for t in traces]
+    assert sum(r.guess_accepted for records in runs for r in records) > 0
+    cost = flat_cost()
+    assert all(r.verify_s == cost.verify_s(2, r.context_len) for records in runs for r in records)
 
 
 def test_replay_prices_siblings_from_the_second_choice_column(traced):

@@ -82,11 +82,11 @@ class FixedPolicy:
     """The same decision every round (target-only, a fixed k, a fixed hybrid)."""
 
     def __init__(self, drafter: str = "none", k: int = 0, threshold: float = 0.0, name: str | None = None,
-                 extend: int = 0, sibling_below: float = 0.0):  # fmt: skip
-        self.decision = Decision(drafter, k, threshold, extend, sibling_below)
+                 extend: int = 0, sibling_below: float = 0.0, pad_plain: bool = False):  # fmt: skip
+        self.decision = Decision(drafter, k, threshold, extend, sibling_below, pad_plain)
         label = (f"{drafter} k={k}" + (f" thr={threshold:g}" if threshold else "") + (f" +lookup {extend}" if extend else "")
                  + (f" +siblings<{sibling_below:g}" if sibling_below else ""))  # fmt: skip
-        self.name = name or (label if k else "target")
+        self.name = name or (label if k else "target (padded)" if pad_plain else "target")
 
     def start(self, request: RequestInfo) -> _FixedSession:
         decision = self.decision

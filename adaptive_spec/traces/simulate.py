@@ -139,6 +139,14 @@ def _siblings(trace: RequestTrace, name: str, i: int, matching: int, probs: list
     return len(uncertain), int(rescued)
 
 
+def _guess_right(trace: RequestTrace, i: int) -> int:
+    """Whether a padded plain step's guess at position i is the target's token (exact): prompt lookup's next token
+    where lookup has a proposal (the trace's lookup columns), else the pending token again."""
+    if trace.lookup.len[i] > 0:
+        return int(trace.lookup.match[i] > 0)
+    return int(trace.target[i] == trace.target[i - 1])
+
+
 def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens: int | None = None,
            request_class: str | None = None) -> ReplayResult:  # fmt: skip
     """Replay one request under ``policy``; ``request_class`` overrides the trace's (None: use the trace's)."""
@@ -185,8 +193,11 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
         extension, extension_matching = _extension(trace, i, proposed, matching, room)
         if extension:
             draft_s += cost.lookup_s
-        verify_s = cost.verify_s(proposed + extension + siblings + 1, context_len)
-        emitted = min(matching + extension_matching + sibling_accepted + 1, n - i)
+        guessed = guess_right = 0
+        if decision.pad_plain and proposed + extension == 0:
+            guessed, guess_right = 1, _guess_right(trace, i)
+        verify_s = cost.verify_s(proposed + extension + siblings + guessed + 1, context_len)
+        emitted = min(matching + extension_matching + sibling_accepted + guess_right + 1, n - i)
         record = RoundRecord(
             drafter=source if proposed else drafter,
             k=k_run,
@@ -203,6 +214,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             extension_accepted=extension_matching,
             siblings=siblings,
             sibling_accepted=sibling_accepted,
+            guessed=guessed,
+            guess_accepted=guess_right,
         )
         records.append(record)
         session.on_round(record)
