@@ -6,6 +6,9 @@ For every prompt, back to back in one process with the order rotated from prompt
 - ``controller off``: ``AdaptiveGenerator`` with the committed policy's controller and every drafter disabled (the
   whole per-request and per-round policy path runs: classifier, prompt indexing, decide, on_round, report);
 - ``plain (engine, k=0)``: the same engine with a fixed plain step and no policy work;
+- ``plain (engine, padded)``: the same with every plain step padded (``Decision(pad_plain=True)``: a guess verified
+  after the pending token, as the controller does where the cost model prices a 2-token forward below a 1-token
+  one), so the padded step's gain is measured whatever the policy file's calibration says;
 - ``hf generate``: ``target.generate`` as shipped, and with the stride fix of ``engine.py`` (a CPU bf16 slow path
   in transformers' last-token slicing; the fixed run is the faster, more demanding baseline).
 
@@ -41,6 +44,7 @@ from adaptive_spec.prompts import chat_ids  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONTROLLER_OFF, ENGINE_PLAIN, HF, HF_FIXED = "controller off", "plain (engine, k=0)", "hf generate", "hf generate (stride fix)"
+ENGINE_PADDED = "plain (engine, padded)"
 
 
 def off_policy(policy_file):
@@ -50,17 +54,25 @@ def off_policy(policy_file):
     return policy_from_file(policy_file.model_copy(update={"controller": config}))
 
 
-def off_path_runs(pair, policy_file, max_new_tokens: int) -> dict:
-    """Runner per configuration: ``run(ids, prompt_text) -> (new tokens, seconds, seconds outside forwards)``."""
+def off_path_runs(pair, policy_file, max_new_tokens: int, padded: bool = False, guesses: dict | None = None) -> dict:
+    """Runner per configuration: ``run(ids, prompt_text) -> (new tokens, seconds, seconds outside forwards)``.
+    ``padded``: also the engine with padded plain steps; ``guesses`` collects per configuration the padded steps,
+    their right guesses and the tokens of each run (bf16 outputs may differ where a near-tie argmax flips between
+    a 1-token and a 2-token forward)."""
     tok = pair.tokenizer
     gen_off = AdaptiveGenerator(pair.target, pair.draft, tok, policy=off_policy(policy_file))
     gen_plain = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy())
+    guesses = {} if guesses is None else guesses
 
-    def ours(gen):
+    def ours(gen, name):
         def run(ids, prompt_text):
             out = gen.generate(ids, max_new_tokens=max_new_tokens, prompt_text=prompt_text).result
             if any(r.k for r in out.records):
                 raise AssertionError("the off path speculated")
+            seen = guesses.setdefault(name, {"steps": 0, "right_guesses": 0, "outputs": []})
+            seen["steps"] += sum(r.guessed for r in out.records)
+            seen["right_guesses"] += sum(r.guess_accepted for r in out.records)
+            seen["outputs"].append(out.new_tokens.tolist())
             return out.num_new_tokens, out.total_s, out.total_s - out.forward_s
 
         return run
@@ -79,7 +91,11 @@ def off_path_runs(pair, policy_file, max_new_tokens: int) -> dict:
 
         return run
 
-    return {CONTROLLER_OFF: ours(gen_off), ENGINE_PLAIN: ours(gen_plain), HF: hf(False), HF_FIXED: hf(True)}
+    runs = {CONTROLLER_OFF: ours(gen_off, CONTROLLER_OFF), ENGINE_PLAIN: ours(gen_plain, ENGINE_PLAIN)}
+    if padded:
+        gen_padded = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy(pad_plain=True))
+        runs[ENGINE_PADDED] = ours(gen_padded, ENGINE_PADDED)
+    return {**runs, HF: hf(False), HF_FIXED: hf(True)}
 
 
 def measure(runs: dict, prompts: list[tuple[torch.Tensor, str, str]], log=print) -> list[dict]:
@@ -94,7 +110,7 @@ def measure(runs: dict, prompts: list[tuple[torch.Tensor, str, str]], log=print)
     return rows
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], guesses: dict | None = None) -> dict:
     names = list(dict.fromkeys(r["config"] for r in rows))
     by = {n: [r for r in rows if r["config"] == n] for n in names}
     tps = {n: sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs) for n, rs in by.items()}
@@ -117,7 +133,19 @@ def summarize(rows: list[dict]) -> dict:
             "outside_forwards_ms_per_token": {n: v * 1e3 for n, v in outside.items()},
             "policy_ms_per_token": (outside[CONTROLLER_OFF] - outside[ENGINE_PLAIN]) * 1e3,
             "policy_share_of_plain_time": (outside[CONTROLLER_OFF] - outside[ENGINE_PLAIN]) * tps[ENGINE_PLAIN],
-            "same_token_counts": tokens_equal}  # fmt: skip
+            "same_token_counts": tokens_equal,
+            "padded_plain_steps": {n: {"steps": g["steps"], "right_guesses": g["right_guesses"]}
+                                   for n, g in (guesses or {}).items() if g["steps"]},
+            "padded_vs_plain": tps[ENGINE_PADDED] / tps[ENGINE_PLAIN] if ENGINE_PADDED in tps else None,
+            "padded_outputs_equal": _same_outputs(guesses or {}, ENGINE_PADDED, ENGINE_PLAIN)}  # fmt: skip
+
+
+def _same_outputs(guesses: dict, a: str, b: str) -> list[int] | None:
+    """[runs with identical tokens, runs] between two configurations (prompts run in the same order)."""
+    if a not in guesses or b not in guesses:
+        return None
+    pairs = list(zip(guesses[a]["outputs"], guesses[b]["outputs"]))
+    return [sum(x == y for x, y in pairs), len(pairs)]
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -138,6 +166,14 @@ def markdown(summary: dict, meta: dict) -> str:
               f"**{summary['policy_ms_per_token']:.3f} ms per token = {summary['policy_share_of_plain_time'] * 100:.2f}%** "
               "of plain decoding's time per token; the rest of any wall-clock difference is the machine.",
               f"- Every configuration generated the same number of tokens on each prompt: {summary['same_token_counts']}."]
+    if summary.get("padded_vs_plain"):
+        same = summary.get("padded_outputs_equal")
+        lines.append("- Padded plain steps vs plain steps, same engine: "
+                     f"**{summary['padded_vs_plain']:.3f}×** tokens/s"
+                     + (f"; bf16 outputs identical in {same[0]} of {same[1]} prompts (float32: identical, tests)."
+                        if same else "."))
+    for name, g in summary.get("padded_plain_steps", {}).items():
+        lines.append(f"- {name}: {g['steps']} padded plain steps, {g['right_guesses']} right guesses (2 tokens each).")
     return "\n".join(lines) + "\n"
 
 
@@ -154,15 +190,17 @@ def main() -> None:
 
     configure_threads(args.threads)
     pair = load_pair(dtype="bfloat16")
-    runs = off_path_runs(pair, load_policy_file(args.policy), args.max_new_tokens)
+    guesses: dict = {}
+    runs = off_path_runs(pair, load_policy_file(args.policy), args.max_new_tokens, padded=True, guesses=guesses)
     warm = chat_ids(pair.tokenizer, "Say hi.")
     for run in runs.values():
         run(warm, "Say hi.")
     rows_in = pick_prompts(args.per_category, args.skip)
     rows_in = rows_in[: args.limit] if args.limit else rows_in
     prompts = [(chat_ids(pair.tokenizer, row.prompt), row.prompt, row.request_class) for row in rows_in]
+    guesses.clear()  # the warm-up's
     rows = measure(runs, prompts, log=lambda line: print(line, flush=True))
-    summary = summarize(rows)
+    summary = summarize(rows, guesses)
     meta = {"max_new_tokens": args.max_new_tokens, "threads": args.threads, "per_category": args.per_category,
             "skip": args.skip, "policy": str(args.policy), "command": "python " + " ".join(sys.argv)}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
