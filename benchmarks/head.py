@@ -39,6 +39,7 @@ from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # no
 from adaptive_spec.generator import AdaptiveGenerator  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.calibrate import calibrate_pair  # noqa: E402
+from adaptive_spec.policy.controller import ControllerConfig  # noqa: E402
 from adaptive_spec.policy.file import default_policy_path, load_policy_file  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
@@ -114,6 +115,17 @@ def controller_runs(generators: dict[str, AdaptiveGenerator], prompts: list[tupl
     return runs
 
 
+def overridden(config: ControllerConfig, settings: list[str]) -> ControllerConfig:
+    """``config`` with ``KEY=JSON`` overrides, validated as a policy file's controller section is."""
+    values = config.model_dump()
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or key not in values:
+            raise SystemExit(f"--controller-set {setting!r}: expected KEY=JSON with KEY a ControllerConfig field")
+        values[key] = json.loads(value)
+    return ControllerConfig.model_validate(values)
+
+
 def controller_summary(runs: list[dict]) -> dict:
     by = defaultdict(lambda: defaultdict(lambda: [0, 0.0, 0.0]))
     priced = all("priced_seconds" in r for r in runs)
@@ -150,6 +162,9 @@ def main() -> None:
                         help="price with the cost model saved in an earlier run's JSON instead of calibrating "
                              "(one calibration is noisy: the draft measured at 0.37 and 0.54 of a target forward "
                              "on the same day), so that controller runs compare on the same prices")  # fmt: skip
+    parser.add_argument("--controller-set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a controller setting of the policy file for step 3, e.g. explore_rounds=2 "
+                             "(repeatable; validated like the policy file)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "head")
     args = parser.parse_args()
 
@@ -189,7 +204,7 @@ def main() -> None:
     controller = None
     if not args.skip_controller:
         base = load_policy_file(default_policy_path(pair.pair_id), pair.pair_id)
-        policy = base.model_copy(update={"cost": cost})
+        policy = base.model_copy(update={"cost": cost, "controller": overridden(base.controller, args.controller_set)})
         generators = {
             "without head": AdaptiveGenerator(target, pair.draft, tok, policy, MemoryStatsStore()),
             "with head": AdaptiveGenerator(target, pair.draft, tok, policy, MemoryStatsStore(), head=args.head_dir),
@@ -198,7 +213,7 @@ def main() -> None:
         mixed = [(r["class"], chat_ids(tok, r["prompt"])[0], r["prompt"]) for r in rows]
         c_runs = controller_runs(generators, mixed, args.max_new_tokens, progress, cost)
         controller = {"summary": controller_summary(c_runs), "runs": c_runs, "prompts": len(mixed),
-                      "cost_source": cost_source}
+                      "cost_source": cost_source, "controller_set": args.controller_set}
 
     eval_path = args.head_dir / "eval.json"
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
@@ -268,7 +283,9 @@ def controller_section(controller: dict) -> list[str]:
     lines = [f"## The adaptive controller with and without the head ({controller['prompts']} mixed prompts)", "",
              f"Default policy, cost model {_cost_source(controller)} (with the head's "
              "table), cold in-memory store per "
-             "configuration, the policy's classifier picks each request's class.", "",
+             "configuration, the policy's classifier picks each request's class"
+             + (f"; controller settings overridden: {', '.join(controller['controller_set'])}"
+                if controller.get("controller_set") else "") + ".", "",
              "| class | without head tok/s | with head tok/s | ratio (bar > 1 on all) | priced ratio |",
              "|---|---|---|---|---|"]  # fmt: skip
     for cls, entry in controller["summary"].items():
