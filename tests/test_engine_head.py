@@ -8,7 +8,15 @@ from collections import Counter
 import pytest
 import torch
 
-from adaptive_spec.engine import Decision, ModelDrafter, SamplingParams, SpeculativeEngine, StopRule, fixed
+from adaptive_spec.engine import (
+    PADDED_PLAIN_STEP,
+    Decision,
+    ModelDrafter,
+    SamplingParams,
+    SpeculativeEngine,
+    StopRule,
+    fixed,
+)
 from adaptive_spec.engine.head import DraftHead, attach_head, head_config
 from tests.test_engine_greedy import PROMPTS, reference
 from tests.tiny import tiny_model
@@ -28,10 +36,13 @@ def target():
     return tiny_model(0)
 
 
-def test_tap_captures_the_targets_features(target):
+@pytest.mark.parametrize("padded", [False, True])
+def test_tap_captures_the_targets_features(target, padded):
+    """Also after padded plain steps, whose rejected guesses leave a feature row the next forward overwrites."""
     engine = SpeculativeEngine(target, [])
     drafter = attach_head(engine, random_head(target, torch.arange(128)))
-    out = engine.generate(torch.tensor(PROMPTS[0]), stop=StopRule(12))
+    decide = fixed("none", 0, pad_plain=padded)
+    out = engine.generate(torch.tensor(PROMPTS[0]), decide, stop=StopRule(12))
     seq = out.sequences[0]
     with torch.inference_mode():
         expected = target.model(seq[None, :-1]).last_hidden_state[0]
@@ -57,7 +68,8 @@ def test_head_switching_with_other_drafters(target):
 
     engine = SpeculativeEngine(target, [ModelDrafter(noisy_copy(target, 0.3, seed=1))])
     attach_head(engine, random_head(target, torch.arange(128)))
-    cycle = itertools.cycle([Decision("head", 4), Decision("none", 0), Decision("model", 3), Decision("head", 2, 0.3)])
+    cycle = itertools.cycle([Decision("head", 4), Decision("none", 0), Decision("model", 3), Decision("head", 2, 0.3),
+                             PADDED_PLAIN_STEP, Decision("head", 3)])
     for prompt in PROMPTS:
         out = engine.generate(torch.tensor(prompt), lambda s: next(cycle), stop=StopRule(45))
         assert out.sequences[0].tolist() == reference(target, prompt, 45, eos=-1)
