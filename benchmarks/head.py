@@ -81,12 +81,8 @@ def priced_seconds(cost, records, prompt_len: int) -> float:
     minutes of a noisy machine then compare on their decisions alone."""
     total = cost.prefill_s(prompt_len)
     for r in records:
-        if r.drafter == "lookup":
-            total += cost.lookup_s
-        elif r.proposed and r.drafter in cost.drafts:
-            total += cost.draft_s(r.proposed, r.context_len, max(r.catchup, 1), r.drafter)
+        total += cost.round_s(r.drafter, r.proposed, r.context_len, max(r.catchup, 1), r.verified)
         total += cost.lookup_s if r.extension else 0.0
-        total += cost.verify_s(r.verified, r.context_len)
     return total
 
 

@@ -166,14 +166,17 @@ class CostModel(BaseModel):
         steps = table(catchup, context) + sum(table(1, context + catchup + j) for j in range(proposed - 1))
         return steps + proposed * self.draft_step_overhead_s
 
-    def round_s(self, drafter: str, proposed: int, context: int, catchup: int = 1) -> float:
+    def round_s(self, drafter: str, proposed: int, context: int, catchup: int = 1,
+                verified: int | None = None) -> float:  # fmt: skip
+        """Drafting plus the verify forward, over ``verified`` tokens (default: the pending token and the proposals;
+        a recorded round's ``RoundRecord.verified`` also counts its extension, siblings and guess)."""
         if drafter == "lookup":
             draft = self.lookup_s
         elif drafter == "none":
             draft = 0.0
         else:
             draft = self.draft_s(proposed, context, catchup, drafter)
-        return draft + self.verify_s(proposed + 1, context)
+        return draft + self.verify_s(proposed + 1 if verified is None else verified, context)
 
     def draft_cost_ratio_of(self, drafter: str = "model") -> float:
         """c: one draft step relative to one plain target step, at a short context."""
