@@ -311,7 +311,7 @@ class AdaptiveSession:
         self.drafters = [d for d in policy.model_drafters if self.settings.for_drafter(d).enabled]
         cap = self.max_k or 64
         self.use_lookup = self.settings.use_lookup and self.mode != "off"
-        self.pad_plain = config.pad_plain if self.mode != "off" else "off"
+        self.pad_plain = config.pad_plain  # speculation "off" never reaches it: _choose returns PLAIN_STEP first
         self.extend = extend = config.lookup_extension if self.use_lookup else 0
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
         self.sibling_below = siblings = config.sibling_below if self.mode != "off" and not request.do_sample else 0.0
