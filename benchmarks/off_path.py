@@ -54,26 +54,23 @@ def off_policy(policy_file):
     return policy_from_file(policy_file.model_copy(update={"controller": config}))
 
 
-def off_path_runs(pair, policy_file, max_new_tokens: int, padded: bool = False, guesses: dict | None = None) -> dict:
-    """Runner per configuration: ``run(ids, prompt_text) -> (new tokens, seconds, seconds outside forwards)``.
-    ``padded``: also the engine with padded plain steps; ``guesses`` collects per configuration the padded steps,
-    their right guesses and the tokens of each run (bf16 outputs may differ where a near-tie argmax flips between
-    a 1-token and a 2-token forward)."""
+def off_path_runs(pair, policy_file, max_new_tokens: int, padded: bool = False) -> dict:
+    """Runner per configuration: ``run(ids, prompt_text) -> (new tokens, seconds, seconds outside forwards, extra
+    row fields)``; this engine's runs add their padded plain steps, right guesses and output tokens (bf16 outputs may
+    differ where a near-tie argmax flips between a 1-token and a 2-token forward). ``padded``: also the engine with
+    padded plain steps."""
     tok = pair.tokenizer
     gen_off = AdaptiveGenerator(pair.target, pair.draft, tok, policy=off_policy(policy_file))
     gen_plain = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy())
-    guesses = {} if guesses is None else guesses
 
-    def ours(gen, name):
+    def ours(gen):
         def run(ids, prompt_text):
             out = gen.generate(ids, max_new_tokens=max_new_tokens, prompt_text=prompt_text).result
             if any(r.k for r in out.records):
                 raise AssertionError("the off path speculated")
-            seen = guesses.setdefault(name, {"steps": 0, "right_guesses": 0, "outputs": []})
-            seen["steps"] += sum(r.guessed for r in out.records)
-            seen["right_guesses"] += sum(r.guess_accepted for r in out.records)
-            seen["outputs"].append(out.new_tokens.tolist())
-            return out.num_new_tokens, out.total_s, out.total_s - out.forward_s
+            extra = {"padded_steps": sum(r.guessed for r in out.records),
+                     "right_guesses": sum(r.guess_accepted for r in out.records), "output": out.new_tokens.tolist()}
+            return out.num_new_tokens, out.total_s, out.total_s - out.forward_s, extra
 
         return run
 
@@ -87,14 +84,13 @@ def off_path_runs(pair, policy_file, max_new_tokens: int, padded: bool = False, 
                     out = pair.target.generate(ids, **kwargs)
             else:
                 out = pair.target.generate(ids, **kwargs)
-            return out.shape[1] - ids.shape[1], time.perf_counter() - start, None
+            return out.shape[1] - ids.shape[1], time.perf_counter() - start, None, {}
 
         return run
 
-    runs = {CONTROLLER_OFF: ours(gen_off, CONTROLLER_OFF), ENGINE_PLAIN: ours(gen_plain, ENGINE_PLAIN)}
+    runs = {CONTROLLER_OFF: ours(gen_off), ENGINE_PLAIN: ours(gen_plain)}
     if padded:
-        gen_padded = AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy(pad_plain=True))
-        runs[ENGINE_PADDED] = ours(gen_padded, ENGINE_PADDED)
+        runs[ENGINE_PADDED] = ours(AdaptiveGenerator(pair.target, pair.draft, tok, policy=FixedPolicy(pad_plain=True)))
     return {**runs, HF: hf(False), HF_FIXED: hf(True)}
 
 
@@ -103,14 +99,14 @@ def measure(runs: dict, prompts: list[tuple[torch.Tensor, str, str]], log=print)
     names, rows = list(runs), []
     for p, (ids, text, request_class) in enumerate(prompts):
         for name in names[p % len(names) :] + names[: p % len(names)]:
-            tokens, seconds, outside = runs[name](ids, text)
+            tokens, seconds, outside, extra = runs[name](ids, text)
             rows.append({"prompt": p, "class": request_class, "config": name, "tokens": tokens, "seconds": seconds,
-                         "outside_forwards_s": outside})  # fmt: skip
+                         "outside_forwards_s": outside, **extra})  # fmt: skip
             log(f"[{p + 1}/{len(prompts)}] {request_class:15s} {name:26s} {tokens / seconds:6.2f} tok/s")
     return rows
 
 
-def summarize(rows: list[dict], guesses: dict | None = None) -> dict:
+def summarize(rows: list[dict]) -> dict:
     names = list(dict.fromkeys(r["config"] for r in rows))
     by = {n: [r for r in rows if r["config"] == n] for n in names}
     tps = {n: sum(r["tokens"] for r in rs) / sum(r["seconds"] for r in rs) for n, rs in by.items()}
@@ -134,18 +130,18 @@ def summarize(rows: list[dict], guesses: dict | None = None) -> dict:
             "policy_ms_per_token": (outside[CONTROLLER_OFF] - outside[ENGINE_PLAIN]) * 1e3,
             "policy_share_of_plain_time": (outside[CONTROLLER_OFF] - outside[ENGINE_PLAIN]) * tps[ENGINE_PLAIN],
             "same_token_counts": tokens_equal,
-            "padded_plain_steps": {n: {"steps": g["steps"], "right_guesses": g["right_guesses"]}
-                                   for n, g in (guesses or {}).items() if g["steps"]},
+            "padded_plain_steps": {n: {"steps": sum(r["padded_steps"] for r in rs),
+                                       "right_guesses": sum(r["right_guesses"] for r in rs)}
+                                   for n, rs in by.items() if sum(r.get("padded_steps", 0) for r in rs)},
             "padded_vs_plain": tps[ENGINE_PADDED] / tps[ENGINE_PLAIN] if ENGINE_PADDED in tps else None,
-            "padded_outputs_equal": _same_outputs(guesses or {}, ENGINE_PADDED, ENGINE_PLAIN)}  # fmt: skip
+            "padded_outputs_equal": _same_outputs(rows, ENGINE_PADDED, ENGINE_PLAIN)}  # fmt: skip
 
 
-def _same_outputs(guesses: dict, a: str, b: str) -> list[int] | None:
-    """[runs with identical tokens, runs] between two configurations (prompts run in the same order)."""
-    if a not in guesses or b not in guesses:
-        return None
-    pairs = list(zip(guesses[a]["outputs"], guesses[b]["outputs"]))
-    return [sum(x == y for x, y in pairs), len(pairs)]
+def _same_outputs(rows: list[dict], a: str, b: str) -> list[int] | None:
+    """[prompts with identical tokens, prompts] between two configurations."""
+    output = {(r["prompt"], r["config"]): r["output"] for r in rows if "output" in r}
+    prompts = sorted({p for p, c in output if c == a} & {p for p, c in output if c == b})
+    return [sum(output[p, a] == output[p, b] for p in prompts), len(prompts)] if prompts else None
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -190,17 +186,15 @@ def main() -> None:
 
     configure_threads(args.threads)
     pair = load_pair(dtype="bfloat16")
-    guesses: dict = {}
-    runs = off_path_runs(pair, load_policy_file(args.policy), args.max_new_tokens, padded=True, guesses=guesses)
+    runs = off_path_runs(pair, load_policy_file(args.policy), args.max_new_tokens, padded=True)
     warm = chat_ids(pair.tokenizer, "Say hi.")
     for run in runs.values():
         run(warm, "Say hi.")
     rows_in = pick_prompts(args.per_category, args.skip)
     rows_in = rows_in[: args.limit] if args.limit else rows_in
     prompts = [(chat_ids(pair.tokenizer, row.prompt), row.prompt, row.request_class) for row in rows_in]
-    guesses.clear()  # the warm-up's
     rows = measure(runs, prompts, log=lambda line: print(line, flush=True))
-    summary = summarize(rows, guesses)
+    summary = summarize(rows)
     meta = {"max_new_tokens": args.max_new_tokens, "threads": args.threads, "per_category": args.per_category,
             "skip": args.skip, "policy": str(args.policy), "command": "python " + " ".join(sys.argv)}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
