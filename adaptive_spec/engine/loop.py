@@ -312,8 +312,7 @@ class SpeculativeEngine:
             return draft.tokens, draft.q_draft, 0
         q_draft = draft.q_draft
         if q_draft is not None:
-            point = torch.zeros(extension.numel(), q_draft.shape[1], dtype=q_draft.dtype, device=q_draft.device)
-            q_draft = torch.cat([q_draft, point.scatter_(1, extension.view(-1, 1), 1.0)])
+            q_draft = torch.cat([q_draft, _point_masses(extension, q_draft)])
         return torch.cat([draft.tokens, extension]), q_draft, extension.numel()
 
     def _guess(self, context: torch.Tensor, q_draft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -324,10 +323,7 @@ class SpeculativeEngine:
         guess = lookup.match(context, 1)[0] if hasattr(lookup, "match") else context[:0]
         if not guess.numel():
             guess = context[-1:]
-        if q_draft is not None:
-            q_draft = torch.zeros(1, q_draft.shape[1], dtype=q_draft.dtype, device=q_draft.device)
-            q_draft[0, guess[0]] = 1.0
-        return guess, q_draft
+        return guess, (_point_masses(guess, q_draft) if q_draft is not None else None)
 
     def _check(self, decision: Decision) -> int:
         k, extend = decision.k, decision.extend
@@ -344,6 +340,12 @@ class SpeculativeEngine:
         if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0.0 <= below <= 1.0:
             raise ValueError(f"decision sibling_below must be a probability in [0, 1], got {below!r}")
         return k
+
+
+def _point_masses(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Draft rows [n, V] (``like``'s width, dtype, device) of a deterministic proposal: all mass on each token."""
+    rows = torch.zeros(tokens.numel(), like.shape[1], dtype=like.dtype, device=like.device)
+    return rows.scatter_(1, tokens.view(-1, 1), 1.0)
 
 
 def _rescue(siblings: tuple[tuple[int, int], ...], accepted: int, added: int) -> int | None:
