@@ -90,6 +90,10 @@ class AdaptiveGenerator:
         # a drafter the caller handed over (a head, a custom draft) must be priced, not silently left unused
         handed = [d.name for d in extra_drafters] + ["head"] * (head is not None) + ["custom"] * (custom_draft is not None)
         self.policy = self._make_policy(policy, store, pair_id, draft, required=tuple(handed), measured_alpha=measured)
+        if measured and isinstance(self.policy, AdaptivePolicy):  # the head's traffic classes -> the classifier's
+            from .distill.head import head_heldout_prompts
+
+            self.policy.align_measured_alpha("head", head_heldout_prompts(head))
 
     def _make_policy(self, policy, store, pair_id, draft, required: tuple[str, ...] = (),
                      measured_alpha: dict | None = None) -> Policy:  # fmt: skip

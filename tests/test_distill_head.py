@@ -4,6 +4,7 @@ and drafts losslessly."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from adaptive_spec.distill.head import (
     attach_saved_head,
     build_head,
     head_alpha,
+    head_heldout_prompts,
     load_head,
     save_head,
     train_head,
@@ -210,7 +212,32 @@ def test_a_saved_head_is_priced_and_chosen_by_the_controller(setup, tmp_path):
             update={"drafts": {}})), head=tmp_path / "head")  # fmt: skip
     generator = AdaptiveGenerator(target, policy=policy, head=tmp_path / "head")
     assert generator.policy.measured_alpha == {"head": {"code": (0.7, 0.6)}}  # the head's card: its cold start
+    # distill's held-out rows say which of the classifier's classes the traffic's "code" is
+    from adaptive_spec.policy.classifier import PromptClassifier
+
+    code = [f"def f{i}(x):\n    return x + {i}" for i in range(12)]
+    chat = [f"Tell me a story about a {w}." for w in ("cat", "dog", "ship", "king", "tree", "river")] * 2
+    clf = PromptClassifier(random_state=0).fit(code + chat, ["coding"] * 12 + ["writing"] * 12)
+    (tmp_path / "head" / "heldout.jsonl").write_text("".join(
+        json.dumps({"class": "code", "prompt": p}) + "\n" for p in code[:5]))  # fmt: skip
+    aligned = AdaptiveGenerator(target, policy=policy.model_copy(update={"classifier": json.loads(clf.to_json())}),
+                                head=tmp_path / "head")  # fmt: skip
+    assert aligned.policy.measured_alpha == {"head": {"code": (0.7, 0.6), "coding": (0.7, 0.6)}}
     for prompt in PROMPTS:
         out = generator.generate(torch.tensor([prompt]), max_new_tokens=24, eos_token_id=-1, speculation="on")
         assert out.sequences[0].tolist() == hf_reference(target, prompt, 24)
         assert any(r.drafter == "head" for r in out.result.records)
+
+
+def test_the_heldout_prompts_beside_a_head_are_read_by_class(tmp_path):
+    """What ``align_measured_alpha`` classifies: the traffic's classes and prompts, capped per class; no file,
+    no prompts; a broken line is named."""
+    assert head_heldout_prompts(tmp_path) == {}
+    rows = [{"class": "code", "prompt": f"def f{i}(): pass", "response": "x"} for i in range(5)]
+    rows.append({"class": "qa", "prompt": "Why is the sky blue?"})
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert head_heldout_prompts(tmp_path, per_class=3) == {"code": ["def f0(): pass", "def f1(): pass",
+                                                                     "def f2(): pass"], "qa": ["Why is the sky blue?"]}
+    (tmp_path / "heldout.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "no class"}) + "\n")
+    with pytest.raises(HeadError, match=r"heldout.jsonl:2: .*'class' and 'prompt'"):
+        head_heldout_prompts(tmp_path)

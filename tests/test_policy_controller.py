@@ -321,6 +321,42 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
         AdaptivePolicy(with_cheap_head(), config=config, measured_alpha={"head": {"code": [0.5, float("nan")]}})
 
 
+class _KeywordClassifier:
+    """Stands in for the policy's classifier: "def" prompts are "coding", "poem" ones "writing", the rest "qa"."""
+
+    def predict_one(self, prompt: str) -> tuple[str, float]:
+        return ("coding" if "def " in prompt else "writing" if "poem" in prompt else "qa"), 0.9
+
+
+def test_measured_classes_are_aligned_with_the_classifiers():
+    """The head's traffic was labelled "code"; the classifier calls those prompts "coding": requests classed
+    "coding" start from the measured chain (no exploration), not from the pessimistic unseen guess. A class with
+    its own measurement keeps it, a minority label lends nothing, and without a classifier nothing is aligned."""
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=head_only)
+    code = [f"def f{i}(x): return x" for i in range(5)]
+    prompts = {"code": code, "chat": ["def a(): pass", "write a poem", "a poem"], "unmeasured": code}
+    measured = {"head": {"code": [0.9, 0.8], "chat": [0.3], "writing": [0.1]}}
+
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, _KeywordClassifier(),
+                       measured_alpha=measured)  # fmt: skip
+    assert p.start(RequestInfo(request_class="coding")).report.extra["class_side"] == {"head": "unseen"}
+    assert p.align_measured_alpha("head", prompts) == {"coding": "code"}  # chat's home "writing" has its own
+    assert p.measured_alpha["head"]["coding"] == (0.9, 0.8) and p.measured_alpha["head"]["writing"] == (0.1,)
+    session = p.start(RequestInfo(request_class="coding"))
+    assert session.report.extra["class_side"] == {"head": "measured"}
+    assert session.models["head"].explore_left == 0
+    assert session.models["head"].class_accepted / session.models["head"].weight == pytest.approx(
+        0.9 + 0.72 + 0.576 + 0.4608)
+
+    minority = {"head": {"code": [0.9]}}
+    p = AdaptivePolicy(with_cheap_head(), config=config, classifier=_KeywordClassifier(), measured_alpha=minority)
+    assert p.align_measured_alpha("head", {"code": code[:2] + ["a poem", "poem", "c"]}) == {}  # 2 of 5 at most
+    assert AdaptivePolicy(with_cheap_head(), config=config, measured_alpha=minority).align_measured_alpha(
+        "head", {"code": code}) == {}  # fmt: skip
+    assert p.align_measured_alpha("other", {"code": code}) == {}
+
+
 def test_a_request_far_below_its_class_tries_the_other_drafters():
     """The class says the cheap head is accepted well, this request accepts none of it (a request unlike its
     class): once its own rounds are clearly below the class's, the model draft it has not run is tried for

@@ -41,6 +41,7 @@ from .vocab import VocabMap
 HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "head_config.json"
 CHECKPOINT = "checkpoint.pt"
+HELDOUT_FILE = "heldout.jsonl"  # the rows `distill` held out (either kind), written beside the artifact
 Progress = Callable[[int, int, float], None]  # (step, steps, loss)
 
 
@@ -363,6 +364,27 @@ def load_head(directory: str | os.PathLike, target: PreTrainedModel) -> DraftHea
 def head_heldout_alpha(directory: str | os.PathLike) -> dict[str, list[float]]:
     """The acceptance per class and draft position a saved head was measured at (empty for heads saved without)."""
     return read_head_config(directory).heldout_alpha
+
+
+def head_heldout_prompts(directory: str | os.PathLike, per_class: int = 200) -> dict[str, list[str]]:
+    """The prompts ``distill`` held out beside a saved head, by the traffic's class (at most ``per_class`` each;
+    empty when the directory has none): where its ``heldout_alpha`` was measured, for
+    ``AdaptivePolicy.align_measured_alpha``."""
+    path = Path(directory) / HELDOUT_FILE
+    out: dict[str, list[str]] = {}
+    if not path.is_file():
+        return out
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            cls, prompt = str(row["class"]), row["prompt"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HeadError(f"{path}:{number}: expected a JSON object with 'class' and 'prompt' ({exc})") from None
+        if isinstance(prompt, str) and len(bucket := out.setdefault(cls, [])) < per_class:
+            bucket.append(prompt)
+    return out
 
 
 def attach_saved_head(engine, directory: str | os.PathLike, name: str = "head") -> HeadDrafter:

@@ -33,6 +33,7 @@ from .cost import draft_cost_per_token
 from .derive import derive_draft, mlp_importance, parse_layers
 from .drafter import CUSTOM
 from .evaluate import end_to_end, runs_to_json, summarize, teacher_forced_alpha
+from .head import HELDOUT_FILE
 from .identity import target_identity
 from .traffic import interleave_classes, round_robin_by_class, split_rows
 from .train import TrainResult, TrainSettings, train
@@ -87,7 +88,7 @@ def split_and_collect(rows: list[PromptRow], out: Path, settings, models: Distil
         raise ValueError("no training rows left after the held-out split")
     train_ids = _unique(example_id(r) for r in train_rows)
     eval_ids = [i for i in _unique(example_id(r) for r in eval_rows) if i not in set(train_ids)]
-    _write_heldout(out / "heldout.jsonl", eval_rows)
+    _write_heldout(out / HELDOUT_FILE, eval_rows)
     collect(models.target, models.encoder, train_rows + eval_rows, out / "collection", settings.collect,
             _responder(models, settings.collect.max_new_tokens),
             lambda done, total: report("collecting (target prefill)", done, total, ""))  # fmt: skip

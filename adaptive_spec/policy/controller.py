@@ -251,6 +251,37 @@ class AdaptivePolicy:
         self.measured_alpha = {name: _checked_alpha(name, by_class) for name, by_class in measured_alpha.items()}
         self._pooled: dict[str, tuple[float, tuple[float, float, float] | None]] = {}
 
+    def align_measured_alpha(self, drafter: str, prompts: Mapping[str, Sequence[str]],
+                             min_share: float = 0.5) -> dict[str, str]:  # fmt: skip
+        """Lend each class's measured acceptance of ``drafter`` to the class the classifier puts most of that
+        class's held-out ``prompts`` in (at least ``min_share`` of them).
+
+        Training traffic names its classes as the user labelled it ("code"); requests are classed by the policy's
+        classifier ("coding"). Unaligned, a head trained on exactly that traffic starts pessimistic there, as on
+        traffic it never saw, and spends exploration rounds on it. A class with its own measurement keeps it; where
+        two measured classes land in one class, the one with more prompts there lends. Returns {classifier's class:
+        measured class}; nothing without a classifier or measurements."""
+        measured = self.measured_alpha.get(drafter)
+        if self.classifier is None or not measured:
+            return {}
+        homes: dict[str, tuple[int, str]] = {}
+        for cls, texts in prompts.items():
+            if cls not in measured or not texts:
+                continue
+            counts: dict[str, int] = {}
+            for text in texts:
+                label = str(self.classifier.predict_one(text)[0])
+                counts[label] = counts.get(label, 0) + 1
+            label, n = max(counts.items(), key=lambda kv: kv[1])
+            if label not in measured and n >= min_share * len(texts) and n > homes.get(label, (0, ""))[0]:
+                homes[label] = (n, cls)
+        aliases = {label: cls for label, (_, cls) in homes.items()}
+        for label, cls in aliases.items():
+            measured[label] = measured[cls]
+        if aliases:
+            log.info("measured_alpha_aligned", drafter=drafter, aliases=aliases)
+        return aliases
+
     def pooled(self, drafter: str) -> tuple[float, float, float] | None:
         """``drafter``'s (rounds, accepted, draft tokens) over every class, re-read at most every
         ``pooled_refresh_s`` (a store scan); None when unknown or the store cannot be read (never fails a request)."""
