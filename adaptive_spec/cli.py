@@ -360,6 +360,10 @@ def train_policy(
     classifier: Annotated[bool, typer.Option(help="also fit the prompt classifier (training split only)")] = True,
     classifier_prompts: Annotated[Optional[Path], typer.Option(
         help="more labelled prompts (JSONL prompt/class) for the classifier; held-out prompts are excluded")] = None,
+    refit: Annotated[bool, typer.Option(help=(
+        "re-fit the controller settings of --policy on all these traces (no held-out split), starting from its "
+        "settings and keeping its classifier and estimator: after `calibrate` changed its cost model, on traces "
+        "the policy was not fitted on"))] = False,
 ) -> None:
     """Fit shared and per-class controller settings (and the prompt classifier) by exact replay; report regret."""
     from rich.table import Table
@@ -374,27 +378,41 @@ def train_policy(
         if len(pair_ids) != 1:
             raise UserError(f"traces mix model pairs: {', '.join(sorted(pair_ids))}")
         pair_id = pair_ids.pop()
+        if refit and policy is None:
+            raise UserError("--refit re-fits a policy: give it with --policy")
         cost = _cost_model(policy, pair_id)
         base = load_policy_file(policy, pair_id) if policy else None
+        held_out = 0.0 if refit else held_out
         with progress_bar() as bar:
             task = bar.add_task("tuning classes", total=None)
-            result = train(loaded_traces, cost, held_out, seed, class_margin=class_margin,
+            result = train(loaded_traces, cost, held_out, seed, base=base.controller if refit else None,
+                           class_margin=class_margin,
                            progress=lambda s, n, total: bar.update(task, completed=n, total=total))  # fmt: skip
         clf = None
-        if classifier:
+        if refit:
+            clf = base.classifier
+        elif classifier:
             clf = _fit_classifier(loaded_traces, result, classifier_prompts, seed)
         summary = {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in result.rows}
+        fitted = {"traces": [str(t) for t in traces], "held_out_share": held_out, "seed": seed,
+                  "train_requests": result.train_split, "held_out_requests": result.held_out,
+                  "held_out_results": summary}  # fmt: skip
+        if refit:
+            description = (f"{base.description}; controller re-fitted by train-policy --refit on "
+                           f"{len(loaded_traces)} traces").lstrip("; ")  # fmt: skip
+            refitted = {"traces": fitted["traces"], "class_margin": class_margin, "requests": result.train_split,
+                        "in_sample_results": summary}  # fmt: skip
+            trained_on = {**base.trained_on, "refits": [*base.trained_on.get("refits", []), refitted]}
+        else:
+            description, trained_on = f"trained by train-policy on {len(loaded_traces)} traces", fitted
         document = PolicyFile(
             name=out.stem, pair_id=pair_id, cost=cost, controller=result.config,
             estimator=base.estimator if base else PolicyFile.model_fields["estimator"].default,
-            classifier=clf,
-            description=f"trained by train-policy on {len(loaded_traces)} traces",
-            trained_on={"traces": [str(t) for t in traces], "held_out_share": held_out, "seed": seed,
-                        "train_requests": result.train_split, "held_out_requests": result.held_out,
-                        "held_out_results": summary},
+            classifier=clf, description=description, trained_on=trained_on,
         )  # fmt: skip
         atomic_write_text(out, document.to_json())
-    table = Table(title="Held-out replay: throughput (tokens/s, simulated) and regret vs the per-request oracle")
+    where = "In-sample replay (the refit's own traces)" if not result.held_out else "Held-out replay"
+    table = Table(title=f"{where}: throughput (tokens/s, simulated) and regret vs the per-request oracle")
     for col in ("class", "requests", "target", "best fixed", "adaptive", "oracle", "speedup", "regret"):
         table.add_column(col, justify="right")
     for r in result.rows:

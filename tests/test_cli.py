@@ -49,6 +49,37 @@ def test_train_policy_on_small_traces(tmp_path):
     assert "regret" in result.output
 
 
+def test_train_policy_refit_keeps_the_classifier_and_fits_on_every_trace(tmp_path):
+    """After `calibrate` changed a policy's cost model: its controller re-fitted on new traces (all of them),
+    its classifier and estimator kept, the refit recorded beside what it was first trained on."""
+    from adaptive_spec.policy.file import load_policy_file
+
+    base_path = ROOT / "policies" / "qwen2.5-coder-cpu.json"
+    lines, per_class = [], {}
+    for line in SMALL_TRACES.read_text().splitlines():
+        cls = json.loads(line)["class"]
+        if cls in ("math", "qa", "translation") and per_class.get(cls, 0) < 2:
+            per_class[cls] = per_class.get(cls, 0) + 1
+            lines.append(line)
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "refit.json"
+    result = runner.invoke(app, ["train-policy", str(traces), "--out", str(out), "--policy", str(base_path),
+                                 "--refit"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "In-sample replay" in result.output
+    base, refit = load_policy_file(base_path), load_policy_file(out)
+    assert refit.classifier == base.classifier and refit.estimator == base.estimator and refit.cost == base.cost
+    assert set(refit.controller.classes) == {"math", "qa", "translation"}
+    record = refit.trained_on["refits"][-1]
+    assert {c: len(ids) for c, ids in record["requests"].items()} == {"math": 2, "qa": 2, "translation": 2}
+    assert refit.trained_on["train_requests"] == base.trained_on["train_requests"]  # the first fit, kept
+    assert refit.description.startswith(base.description) and "--refit on 6 traces" in refit.description
+
+    result = runner.invoke(app, ["train-policy", str(traces), "--out", str(out), "--refit"])
+    assert result.exit_code == 2 and "--policy" in result.output
+
+
 def test_report_tables_are_wide_when_piped():
     """Without a terminal rich assumes 80 columns and folds a 7-column report into word stubs."""
     from rich.table import Table

@@ -57,3 +57,13 @@ def test_classes_depart_from_the_shared_setting_only_for_a_clear_gain():
     free = train(traces, policy.cost, held_out_share=0.5, class_margin=0.001)
     assert free.config.default == shared
     assert any(without_priors(s) != shared for s in free.config.classes.values())
+
+
+def test_a_split_with_no_held_out_share_keeps_every_trace_for_training(math_traces):
+    from adaptive_spec.policy.train import split_by_class
+
+    traces, _ = math_traces
+    train_set, test_set = split_by_class(traces, 0.0)
+    assert test_set == [] and sorted(t.request_id for t in train_set) == sorted(t.request_id for t in traces)
+    train_set, test_set = split_by_class(traces, 0.1)  # any share above 0 holds out at least one of 2 or more
+    assert len(test_set) == 1 and len(train_set) == len(traces) - 1

@@ -102,7 +102,8 @@ class TrainReport:
 
 
 def split_by_class(traces: Sequence, held_out_share: float = 0.5, seed: int = 0) -> tuple[list, list]:
-    """Stratified split: per class, a shuffled ``held_out_share`` of the traces (at least one each side if >= 2)."""
+    """Stratified split: per class, a shuffled ``held_out_share`` of the traces (at least one each side if >= 2 and
+    the share is above 0; a share of 0 holds out nothing)."""
     rng = random.Random(seed)
     by_class: dict[str, list] = defaultdict(list)
     for t in traces:
@@ -112,7 +113,7 @@ def split_by_class(traces: Sequence, held_out_share: float = 0.5, seed: int = 0)
         items = sorted(by_class[cls], key=lambda t: t.request_id)
         rng.shuffle(items)
         n_test = round(len(items) * held_out_share)
-        if len(items) >= 2:
+        if len(items) >= 2 and held_out_share > 0:
             n_test = min(max(n_test, 1), len(items) - 1)
         test += items[:n_test]
         train += items[n_test:]
