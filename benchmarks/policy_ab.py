@@ -1,0 +1,149 @@
+"""Two policy files end to end: the adaptive generator under each, on the same prompts, interleaved.
+
+For a policy change (a refit after recalibration, new knobs) replay says what it should gain; this says what it
+gains on the real pair. Greedy, bf16, cold in-memory store per policy, the policy's own classifier. Per prompt,
+both policies back to back (order alternating). Each run is timed and also *priced*: its rounds replayed through
+policy A's cost model (prefill, each drafter's forwards with catch-up, each verify's width), which compares the
+decisions without the minutes they ran in.
+
+    python benchmarks/policy_ab.py --a old.json --b policies/qwen2.5-coder-cpu.json \\
+        --traces notebooks/data/traces_small.jsonl --per-category 2                       # ~15 min
+
+Writes ``--out`` ``.json`` and ``.md``; ``--summarize RUNS.json`` re-renders a saved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from head import priced_seconds  # noqa: E402  (benchmarks/head.py)
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def pick(traces, per_category: int) -> list:
+    """Up to ``per_category`` traces of each class, classes in turn (a run cut short stays balanced)."""
+    by_class = defaultdict(list)
+    for t in traces:
+        if len(by_class[t.request_class]) < per_category:
+            by_class[t.request_class].append(t)
+    return [group[i] for i in range(per_category) for group in by_class.values() if i < len(group)]
+
+
+def summarize(runs: list[dict]) -> dict:
+    by = defaultdict(lambda: defaultdict(lambda: [0, 0.0, 0.0]))
+    for r in runs:
+        for cls in (r["class"], "all"):
+            entry = by[cls][r["config"]]
+            entry[0] += r["tokens"]
+            entry[1] += r["seconds"]
+            entry[2] += r["priced"]
+    out = {}
+    for cls, configs in sorted(by.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        clock = {name: t / s for name, (t, s, _) in configs.items()}
+        priced = {name: t / p for name, (t, _, p) in configs.items()}
+        out[cls] = {"tokens_per_s": clock, "priced_tokens_per_s": priced,
+                    "ratio": clock["b"] / clock["a"], "priced_ratio": priced["b"] / priced["a"]}  # fmt: skip
+    pairs = defaultdict(dict)
+    for r in runs:
+        pairs[r["prompt"]][r["config"]] = r["output"]
+    out["all"]["same_output"] = sum(v.get("a") == v.get("b") for v in pairs.values())
+    out["all"]["prompts"] = len(pairs)
+    return out
+
+
+def markdown(doc: dict) -> str:
+    meta, summary = doc["meta"], doc["summary"]
+    lines = [
+        "# Two policies end to end", "",
+        f"A: `{meta['a']}`; B: `{meta['b']}`. Reference pair, bf16, {meta['threads']} threads, greedy, "
+        f"{meta['max_new_tokens']} new tokens, {summary['all']['prompts']} prompts of `{meta['traces']}`, cold "
+        f"in-memory store per policy, both back to back per prompt (order alternating). Command: `{meta['command']}`.",
+        "",
+        "| class | A tok/s | B tok/s | B / A (clock) | B / A (priced) |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for cls, e in summary.items():
+        t = e["tokens_per_s"]
+        lines.append(f"| {cls} | {t['a']:.2f} | {t['b']:.2f} | {e['ratio']:.3f} | {e['priced_ratio']:.3f} |")
+    a = summary["all"]
+    lines += ["", f"Priced: each run's rounds through A's cost model (decisions, not the clock's minutes). Same output "
+              f"under A and B (bf16: near-tie flips between forward shapes): {a['same_output']} of {a['prompts']}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> dict:
+    from adaptive_spec.generator import AdaptiveGenerator
+    from adaptive_spec.models import configure_threads, load_pair
+    from adaptive_spec.policy.file import load_policy_file
+    from adaptive_spec.prompts import chat_ids
+    from adaptive_spec.stats import MemoryStatsStore
+    from adaptive_spec.traces.format import read_traces
+
+    configure_threads(args.threads)
+    pair = load_pair(dtype="bfloat16")
+    policies = {"a": load_policy_file(args.a, pair.pair_id), "b": load_policy_file(args.b, pair.pair_id)}
+    cost = policies["a"].cost
+    generators = {name: AdaptiveGenerator(pair.target, pair.draft, pair.tokenizer, p, MemoryStatsStore())
+                  for name, p in policies.items()}  # fmt: skip
+    prompts = pick(read_traces(args.traces, pair_id=pair.pair_id), args.per_category)
+    warm = chat_ids(pair.tokenizer, prompts[0].prompt)[0][None]
+    for generator in generators.values():  # one-off costs (first forwards, allocations) outside the timed runs
+        generator.generate(warm, max_new_tokens=8)
+    runs, started = [], time.perf_counter()
+    for p, trace in enumerate(prompts):
+        ids = chat_ids(pair.tokenizer, trace.prompt)[0]
+        for name in (["a", "b"] if p % 2 == 0 else ["b", "a"]):
+            start = time.perf_counter()
+            out = generators[name].generate(ids[None], max_new_tokens=args.max_new_tokens, prompt_text=trace.prompt)
+            runs.append({"prompt": p, "class": trace.request_class, "config": name,
+                         "tokens": out.result.num_new_tokens, "seconds": time.perf_counter() - start,
+                         "priced": priced_seconds(cost, out.result.records, out.result.prompt_len),
+                         "predicted": out.report.request_class, "decisions": out.report.decisions,
+                         "output": out.sequences[0].tolist()})  # fmt: skip
+        print(f"[{p + 1}/{len(prompts)}] {trace.request_class} {time.perf_counter() - started:.0f} s", flush=True)
+    return {"runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", type=Path, help="policy file A (the baseline; its cost model prices both)")
+    parser.add_argument("--b", type=Path, help="policy file B")
+    parser.add_argument("--traces", type=Path, default=ROOT / "notebooks" / "data" / "traces_small.jsonl",
+                        help="their prompts are used (not their tokens)")  # fmt: skip
+    parser.add_argument("--per-category", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "policy_ab")
+    parser.add_argument("--summarize", type=Path, help="re-render a saved run's JSON (no models)")
+    parser.add_argument("--exclude-prompts", default="", help="with --summarize: prompt indices to leave out, e.g. 0,3")
+    args = parser.parse_args()
+    if args.summarize:
+        doc = json.loads(args.summarize.read_text())
+        excluded = {int(p) for p in args.exclude_prompts.split(",") if p.strip()}
+        doc["runs"] = [r for r in doc["runs"] if r["prompt"] not in excluded]
+        doc["meta"]["excluded_prompts"] = sorted(excluded)
+    else:
+        if args.a is None or args.b is None:
+            parser.error("--a and --b are required (or --summarize)")
+        doc = run(args)
+        doc["meta"] = {"a": str(args.a), "b": str(args.b), "traces": str(args.traces), "threads": args.threads,
+                       "max_new_tokens": args.max_new_tokens, "command": "python " + " ".join(sys.argv)}  # fmt: skip
+    doc["summary"] = summarize(doc["runs"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    text = markdown(doc)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
