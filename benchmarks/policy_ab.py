@@ -25,17 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from head import priced_seconds  # noqa: E402  (benchmarks/head.py)
+from siblings import pick  # noqa: E402  (benchmarks/siblings.py: per category in turn, a cut-short run stays balanced)
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def pick(traces, per_category: int) -> list:
-    """Up to ``per_category`` traces of each class, classes in turn (a run cut short stays balanced)."""
-    by_class = defaultdict(list)
-    for t in traces:
-        if len(by_class[t.request_class]) < per_category:
-            by_class[t.request_class].append(t)
-    return [group[i] for i in range(per_category) for group in by_class.values() if i < len(group)]
 
 
 def summarize(runs: list[dict]) -> dict:
