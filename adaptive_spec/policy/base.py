@@ -26,6 +26,9 @@ class RequestInfo:
     max_k: int | None = None  # cap on draft length for this request
     speculation: str = "auto"  # "auto" | "on" | "off"
     do_sample: bool = False  # sampled rather than greedy (some drafting options, e.g. siblings, are greedy-only)
+    # a recorded request replayed (``traces.simulate``), not one being served: its end is not logged, since tuning
+    # (train-policy, notebooks) replays thousands and would bury the log in them
+    replayed: bool = False
 
 
 @dataclass

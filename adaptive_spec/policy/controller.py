@@ -336,6 +336,7 @@ class AdaptiveSession:
         self.request_class = request_class
         self.mode = request.speculation
         self.max_k = request.max_k
+        self.replayed = request.replayed
         est = policy.estimator
         self.requests = est.new_request()
         self.report = RequestReport(request_class, class_source)
@@ -625,7 +626,8 @@ class AdaptiveSession:
         drift = self.verify_measured_s / self.verify_priced_s if self.verify_priced_s else 1.0
         r.extra["estimated_speedup"] = self.plain_priced_s * drift / self.round_s if self.round_s else 1.0
         r.extra["drafters_on_at_end"] = [m.name for m in self.models.values() if m.on]
-        log.info("request_done", request_class=r.request_class, class_source=r.class_source, rounds=r.rounds,
-                 alpha=round(r.alpha, 3) if r.proposed else None, decisions=r.decisions,
-                 estimated_speedup=round(r.extra["estimated_speedup"], 3))  # fmt: skip
+        if not self.replayed:
+            log.info("request_done", request_class=r.request_class, class_source=r.class_source, rounds=r.rounds,
+                     alpha=round(r.alpha, 3) if r.proposed else None, decisions=r.decisions,
+                     estimated_speedup=round(r.extra["estimated_speedup"], 3))  # fmt: skip
         return r

@@ -155,7 +155,7 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
     full_ids = trace.prompt_ids + trace.target
     full = torch.tensor(full_ids)
     prompt_len = trace.prompt_len
-    session = policy.start(RequestInfo(trace.prompt, full[:prompt_len], cls))
+    session = policy.start(RequestInfo(trace.prompt, full[:prompt_len], cls, replayed=True))
     budget = max_new_tokens or trace.max_new_tokens
     draft_states: dict[str, _DraftState] = defaultdict(_DraftState)
     records: list[RoundRecord] = []
