@@ -122,7 +122,9 @@ def overridden(config: ControllerConfig, settings: list[str]) -> ControllerConfi
     return ControllerConfig.model_validate(values)
 
 
-def controller_summary(runs: list[dict]) -> dict:
+def controller_summary(runs: list[dict], base: str = "without head", other: str = "with head") -> dict:
+    """Per class and "all": tokens/s of each configuration, ``other`` / ``base``; the same priced where every run
+    was (``priced_seconds``)."""
     by = defaultdict(lambda: defaultdict(lambda: [0, 0.0, 0.0]))
     priced = all("priced_seconds" in r for r in runs)
     for r in runs:
@@ -133,11 +135,11 @@ def controller_summary(runs: list[dict]) -> dict:
     out = {}
     for cls, configs in sorted(by.items(), key=lambda kv: (kv[0] == "all", kv[0])):
         rates = {name: t / s for name, (t, s, _) in configs.items()}
-        out[cls] = {"tokens_per_s": rates, "ratio": rates["with head"] / rates["without head"]}
+        out[cls] = {"tokens_per_s": rates, "ratio": rates[other] / rates[base]}
         if priced:
             rates = {name: t / s for name, (t, _, s) in configs.items()}
             out[cls]["priced_tokens_per_s"] = rates
-            out[cls]["priced_ratio"] = rates["with head"] / rates["without head"]
+            out[cls]["priced_ratio"] = rates[other] / rates[base]
     return out
 
 

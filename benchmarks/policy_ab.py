@@ -24,26 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from head import priced_seconds  # noqa: E402  (benchmarks/head.py)
+from head import controller_summary, priced_seconds  # noqa: E402  (benchmarks/head.py)
 from siblings import pick  # noqa: E402  (benchmarks/siblings.py: per category in turn, a cut-short run stays balanced)
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def summarize(runs: list[dict]) -> dict:
-    by = defaultdict(lambda: defaultdict(lambda: [0, 0.0, 0.0]))
-    for r in runs:
-        for cls in (r["class"], "all"):
-            entry = by[cls][r["config"]]
-            entry[0] += r["tokens"]
-            entry[1] += r["seconds"]
-            entry[2] += r["priced"]
-    out = {}
-    for cls, configs in sorted(by.items(), key=lambda kv: (kv[0] == "all", kv[0])):
-        clock = {name: t / s for name, (t, s, _) in configs.items()}
-        priced = {name: t / p for name, (t, _, p) in configs.items()}
-        out[cls] = {"tokens_per_s": clock, "priced_tokens_per_s": priced,
-                    "ratio": clock["b"] / clock["a"], "priced_ratio": priced["b"] / priced["a"]}  # fmt: skip
+    out = controller_summary(runs, "a", "b")
     pairs = defaultdict(dict)
     for r in runs:
         pairs[r["prompt"]][r["config"]] = r["output"]
@@ -98,7 +86,7 @@ def run(args) -> dict:
             out = generators[name].generate(ids[None], max_new_tokens=args.max_new_tokens, prompt_text=trace.prompt)
             runs.append({"prompt": p, "class": trace.request_class, "config": name,
                          "tokens": out.result.num_new_tokens, "seconds": time.perf_counter() - start,
-                         "priced": priced_seconds(cost, out.result.records, out.result.prompt_len),
+                         "priced_seconds": priced_seconds(cost, out.result.records, out.result.prompt_len),
                          "predicted": out.report.request_class, "decisions": out.report.decisions,
                          "output": out.sequences[0].tolist()})  # fmt: skip
         print(f"[{p + 1}/{len(prompts)}] {trace.request_class} {time.perf_counter() - started:.0f} s", flush=True)
