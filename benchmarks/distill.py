@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from adaptive_spec.distill import load_custom_draft  # noqa: E402
 from adaptive_spec.distill.cost import draft_cost_per_token  # noqa: E402
+from adaptive_spec.distill.head import head_heldout_prompts  # noqa: E402
 from adaptive_spec.distill.evaluate import end_to_end, runs_to_json, summarize  # noqa: E402
 from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
@@ -41,13 +41,11 @@ BAR = 1.3
 
 
 def heldout_prompts(directory: Path, per_class: int, classes: list[str] | None) -> list[dict]:
-    rows = [json.loads(line) for line in (directory / "heldout.jsonl").read_text().splitlines() if line.strip()]
-    by_class = defaultdict(list)
-    for row in rows:
-        if classes is None or row["class"] in classes:
-            by_class[row["class"]].append(row)
+    """``distill``'s held-out rows ({"class", "prompt"}), at most ``per_class`` of each class."""
+    by_class = {c: prompts for c, prompts in head_heldout_prompts(directory, per_class).items()
+                if classes is None or c in classes}  # fmt: skip
     # alternate classes, so a cut-short run still covers every class
-    return [group[i] for i in range(per_class) for group in by_class.values() if i < len(group)]
+    return [{"class": c, "prompt": ps[i]} for i in range(per_class) for c, ps in by_class.items() if i < len(ps)]
 
 
 def main() -> None:

@@ -367,9 +367,9 @@ def head_heldout_alpha(directory: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def head_heldout_prompts(directory: str | os.PathLike, per_class: int = 200) -> dict[str, list[str]]:
-    """The prompts ``distill`` held out beside a saved head, by the traffic's class (at most ``per_class`` each;
-    empty when the directory has none): where its ``heldout_alpha`` was measured, for
-    ``AdaptivePolicy.align_measured_alpha``."""
+    """The prompts ``distill`` held out beside a saved head (or custom draft), by the traffic's class (at most
+    ``per_class`` each; empty when the directory has none): where a head's ``heldout_alpha`` was measured, for
+    ``AdaptivePolicy.align_measured_alpha``; the benchmarks' held-out prompts."""
     path = Path(directory) / HELDOUT_FILE
     out: dict[str, list[str]] = {}
     if not path.is_file():
