@@ -394,17 +394,18 @@ def train_policy(
         elif classifier:
             clf = _fit_classifier(loaded_traces, result, classifier_prompts, seed)
         summary = {r["class"]: {k: v for k, v in r.items() if k != "class"} for r in result.rows}
-        fitted = {"traces": [str(t) for t in traces], "held_out_share": held_out, "seed": seed,
-                  "train_requests": result.train_split, "held_out_requests": result.held_out,
-                  "held_out_results": summary}  # fmt: skip
+        paths = [str(t) for t in traces]
         if refit:
             description = (f"{base.description}; controller re-fitted by train-policy --refit on "
                            f"{len(loaded_traces)} traces").lstrip("; ")  # fmt: skip
-            refitted = {"traces": fitted["traces"], "class_margin": class_margin, "requests": result.train_split,
+            refitted = {"traces": paths, "class_margin": class_margin, "requests": result.train_split,
                         "in_sample_results": summary}  # fmt: skip
             trained_on = {**base.trained_on, "refits": [*base.trained_on.get("refits", []), refitted]}
         else:
-            description, trained_on = f"trained by train-policy on {len(loaded_traces)} traces", fitted
+            description = f"trained by train-policy on {len(loaded_traces)} traces"
+            trained_on = {"traces": paths, "held_out_share": held_out, "seed": seed,
+                          "train_requests": result.train_split, "held_out_requests": result.held_out,
+                          "held_out_results": summary}  # fmt: skip
         document = PolicyFile(
             name=out.stem, pair_id=pair_id, cost=cost, controller=result.config,
             estimator=base.estimator if base else PolicyFile.model_fields["estimator"].default,
