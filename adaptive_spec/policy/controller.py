@@ -37,6 +37,7 @@ import dataclasses
 import math
 import time
 from array import array
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -268,11 +269,7 @@ class AdaptivePolicy:
         for cls, texts in prompts.items():
             if cls not in measured or not texts:
                 continue
-            counts: dict[str, int] = {}
-            for text in texts:
-                label = str(self.classifier.predict_one(text)[0])
-                counts[label] = counts.get(label, 0) + 1
-            label, n = max(counts.items(), key=lambda kv: kv[1])
+            label, n = Counter(str(self.classifier.predict_one(text)[0]) for text in texts).most_common(1)[0]
             if label not in measured and n >= min_share * len(texts) and n > homes.get(label, (0, ""))[0]:
                 homes[label] = (n, cls)
         aliases = {label: cls for label, (_, cls) in homes.items()}
