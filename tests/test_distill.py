@@ -153,10 +153,14 @@ def test_collection_hidden_states_and_generated_responses(tiny, tmp_path):
         assert f.get_tensor("hidden").dtype == torch.float16 and f.get_tensor("topk_ids").dtype == torch.int32
     with pytest.raises(ValueError, match="line 1: no response"):
         collect(target, ToyEncoder(), prompts[:1], tmp_path / "x", CollectSettings())
+    assert not (tmp_path / "x").exists()
     long = [PromptRow(1, "fine", "q", None, "ok"), PromptRow(7, "x" * 40, "q", None, "ok")]
     with pytest.raises(ValueError, match="line 7: the prompt alone has 41 tokens"):
         collect(target, ToyEncoder(), long, tmp_path / "y", CollectSettings(max_tokens=32))
-    assert not read_manifest(tmp_path / "y").examples  # refused before any example was collected
+    # refused before anything was written: a retry with a larger max_tokens is not refused for "other settings"
+    assert not (tmp_path / "y").exists()
+    collect(target, ToyEncoder(), long, tmp_path / "y", CollectSettings(max_tokens=64))
+    assert len(read_manifest(tmp_path / "y").examples) == 2
 
 
 # --- vocabulary map and drafter ------------------------------------------------------------------------------------
@@ -414,6 +418,14 @@ def test_cli_refuses_bad_traffic_before_loading_models(tmp_path):
     assert result.exit_code == 2
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--layers", "3,1"])
     assert result.exit_code == 2 and "increasing" in result.output
+    result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--responses", "human"])
+    assert result.exit_code == 2 and "--responses must be 'target' or 'draft'" in result.output
+    head = ["--kind", "head", "--init-head", str(tmp_path / "nohead")]
+    result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), *head])
+    assert result.exit_code == 2 and "no draft head at" in result.output
+    result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--init-head", str(tmp_path)])
+    assert result.exit_code == 2 and "use it with --kind head" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_split_keeps_groups_together():
@@ -465,3 +477,30 @@ def test_an_evaluation_cap_reaches_every_class_in_order():
     assert picked == ["code/0", "code/1", "math/0", "math/1"]
     assert round_robin_by_class(ids, 3, lambda i: i.split("/")[0]) == ["code/0", "code/1", "math/0"]
     assert round_robin_by_class(ids, None, lambda i: i) == ids == round_robin_by_class(ids, 99, lambda i: i)
+
+
+def test_head_traffic_builder_keeps_benchmark_prompts_out():
+    """benchmarks/workloads/build_head_traffic.py: prose rows skip each Spec-Bench category's first question (the
+    controller benchmark's prompts) and whatever a head's heldout.jsonl lists (modules and questions)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "benchmarks" / "workloads" / "build_head_traffic.py"
+    spec = importlib.util.spec_from_file_location("build_head_traffic", path)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    questions = [json.loads(line) for line in builder.SPEC_BENCH.read_text().splitlines() if line.strip()]
+    firsts = {}
+    for q in questions:
+        firsts.setdefault(q["category"], f"sb-{q['question_id']}")
+    some_module = json.loads((root / "benchmarks/workloads/code.jsonl").read_text().splitlines()[0])["id"]
+    excluded_question = f"sb-{[q for q in questions if q['category'] == 'qa'][1]['question_id']}"
+    out = builder.build(code_rows=40, math_rows=0, prose_per_category=6, exclude={some_module, excluded_question})
+    ids = [r["id"] for r in out]
+    assert not set(firsts.values()) & set(ids) and excluded_question not in ids
+    assert not any(i.split("/")[0] == some_module.split("/")[0] for i in ids if "/" in i)
+    prose = [r for r in out if r["class"] != "code"]
+    assert all("response" not in r for r in prose) and all("response" in r for r in out if r["class"] == "code")
+    per = {c: sum(r["class"] == c for r in prose) for c in firsts}
+    assert per["qa"] == 6 and per["rag"] == per["summarization"] == 2 and per["writing"] == 6

@@ -187,6 +187,44 @@ def test_distill_kind_head_end_to_end(tmp_path):
         assert chain[0] == pytest.approx(evaluation["alpha"][cls]["alpha_1"], abs=1e-4)
 
 
+def test_distill_continues_a_saved_head_on_traffic_the_draft_answers(tmp_path):
+    """`distill --kind head --init-head DIR --responses draft`: new traffic without responses, answered by the base
+    draft (greedy), continues a saved head with its vocabulary and width; a head of another target is refused
+    before anything is collected."""
+    import dataclasses
+
+    from adaptive_spec.distill.head import read_head_config
+    from adaptive_spec.distill.head_pipeline import HeadRunSettings, run_head
+    from adaptive_spec.distill.pipeline import DistillModels
+    from tests.tiny import noisy_copy
+
+    target = tiny_model(0, layers=2)
+    models = DistillModels(target=target, base=noisy_copy(target, 0.3, seed=1), encoder=ToyEncoder(),
+                           eos=frozenset([1]))  # fmt: skip
+    first = HeadRunSettings(vocab_size=64, eval_split=0.25, e2e_prompts=0,
+                            head=HeadSettings(intermediate_size=64, steps=5, batch_tokens=128))  # fmt: skip
+    run_head(tmp_path / "traffic.jsonl", rows(16), tmp_path / "first", first, models)
+    questions = [dataclasses.replace(r, response=None) for r in rows(12, start=16)]
+    settings = HeadRunSettings(vocab_size=32, eval_split=0.25, e2e_prompts=0, init_head=str(tmp_path / "first"),
+                               collect=CollectSettings(hidden_states=True, max_new_tokens=6, respond_with="draft"),
+                               head=HeadSettings(intermediate_size=96, steps=4, batch_tokens=128))  # fmt: skip
+    run_head(tmp_path / "more.jsonl", questions, tmp_path / "more", settings, models)
+    before, after = read_head_config(tmp_path / "first"), read_head_config(tmp_path / "more")
+    assert after.vocab == before.vocab and after.layer["intermediate_size"] == 64  # the saved head's, not 32 / 96
+    assert after.training["init_head"]["path"] == str(tmp_path / "first")
+    collection = Collection(tmp_path / "more" / "collection")
+    assert collection.manifest.settings.respond_with == "draft"
+    for record in collection.manifest.examples[:3]:
+        example = collection.example(record)
+        prompt = example.tokens[: record.prompt_len]
+        assert record.response == "generated"
+        assert example.tokens.tolist() == reference(models.base, prompt.tolist(), 6, eos=1)  # the draft's greedy text
+    with pytest.raises(HeadError, match="another target"):
+        run_head(tmp_path / "more.jsonl", questions, tmp_path / "other", settings,
+                 dataclasses.replace(models, target=tiny_model(7, layers=2)))
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_saved_head_is_priced_and_chosen_by_the_controller(setup, tmp_path):
     """calibrate_pair(heads=...) measures the head's own table; AdaptiveGenerator(head=DIR) drafts with it."""
     from adaptive_spec.generator import AdaptiveGenerator

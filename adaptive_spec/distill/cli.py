@@ -43,6 +43,8 @@ def distill_command(
     bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); draft ~25%, head ~1.7x faster on CPU")] = True,
     max_tokens: Annotated[int, typer.Option(min=8, help="prompt + response tokens kept per example")] = 512,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="length cap of responses the target generates")] = 256,
+    responses: Annotated[str, typer.Option(help="who writes the responses rows lack: 'target' (its own greedy text) or 'draft' (the base draft's: several times faster; labels stay the target's)")] = "target",
+    init_head: Annotated[Optional[Path], typer.Option(help="--kind head: continue training this saved head (same target; its vocabulary and width kept) on the traffic")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="entries of the target's distributions stored")] = 32,
     hidden_states: Annotated[bool, typer.Option(help="also store the target's final hidden states (for heads)")] = False,
     e2e_prompts: Annotated[int, typer.Option(min=0, help="held-out prompts per class for end-to-end tokens/s")] = 1,
@@ -68,7 +70,8 @@ def distill_command(
 
 def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind,
          head_width, unroll, prompt_weight, batch_tokens, batch_examples, lr, bf16_autocast, max_tokens,
-         max_new_tokens, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k, eval_max_examples,
+         max_new_tokens, responses, init_head, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k,
+         eval_max_examples,
          skip_bad_rows, target, draft, pair, dtype, threads):  # fmt: skip
     from ..cli import UserError
     from ..models import configure_threads, fetch_pair, get_pair, load_model, load_pair, load_tokenizer
@@ -83,6 +86,14 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
     # 1. everything that can be checked before loading a model
     if kind not in ("draft", "head"):
         raise UserError(f"--kind must be 'draft' or 'head', got {kind!r}")
+    if responses not in ("target", "draft"):
+        raise UserError(f"--responses must be 'target' or 'draft', got {responses!r}")
+    if init_head is not None:
+        if kind != "head":
+            raise UserError("--init-head continues a draft head: use it with --kind head")
+        from .head import read_head_config
+
+        read_head_config(init_head)  # a missing or malformed head fails here; its target is checked once loaded
     if kind == "head":
         from .head import HeadSettings
         from .head_pipeline import HeadRunSettings
@@ -91,7 +102,9 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
             vocab_size=vocab_size, eval_split=eval_split, max_examples=max_examples, seed=seed,
             eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
             generic_k=_ks(generic_k, "--generic-k"), head_k=_ks(custom_k, "--custom-k"),
-            collect=CollectSettings(top_k=top_k, hidden_states=True, max_tokens=max_tokens, max_new_tokens=max_new_tokens),
+            collect=CollectSettings(top_k=top_k, hidden_states=True, max_tokens=max_tokens,
+                                    max_new_tokens=max_new_tokens, respond_with=responses),
+            init_head=str(init_head) if init_head is not None else None,
             head=HeadSettings(intermediate_size=head_width, steps=steps, batch_tokens=batch_tokens, lr=lr,
                               unroll=unroll, seed=seed, bf16_autocast=bf16_autocast, prompt_weight=prompt_weight),
         )  # fmt: skip
@@ -102,7 +115,7 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
         eval_max_examples=eval_max_examples, e2e_prompts=e2e_prompts, e2e_new_tokens=e2e_new_tokens,
         generic_k=_ks(generic_k, "--generic-k"), custom_k=_ks(custom_k, "--custom-k"),
         collect=CollectSettings(top_k=top_k, hidden_states=hidden_states, max_tokens=max_tokens,
-                                max_new_tokens=max_new_tokens),
+                                max_new_tokens=max_new_tokens, respond_with=responses),
         train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed,
                             bf16_autocast=bf16_autocast),
         )  # fmt: skip

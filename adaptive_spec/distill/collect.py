@@ -73,6 +73,10 @@ class CollectSettings(BaseModel):
     hidden_states: bool = Field(False, description="also store the target's final hidden states (float16)")
     max_tokens: int = Field(1024, ge=8, description="prompt + response longer than this is cut (response end)")
     max_new_tokens: int = Field(256, ge=1, description="length cap of responses the target generates")
+    respond_with: Literal["target", "draft"] = Field(
+        "target", description="who writes the responses a row lacks: the target (greedy: the text it serves) or the "
+        "base draft (greedy, several times faster on a CPU; the labels are still the target's distributions over "
+        "that text, and the draft, aligned with the target, writes text close to the target's own)")  # fmt: skip
     shard_examples: int = Field(16, ge=1, description="examples per shard file (an interruption loses < this)")
     system: str | None = Field(None, description="system message of the chat template")
 
@@ -171,10 +175,9 @@ def collect(
     ``respond`` generates a response for rows without one (``None``: such rows are an error).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     identity = target_identity(target)
-    manifest = _open_or_create(out, settings, identity, target)
-    done = {e.id for e in manifest.examples}
+    # the rows are checked before the directory is made: a refused file leaves nothing a retry would trip over
+    done = {e.id for e in read_manifest(out).examples} if (out / MANIFEST).is_file() else set()
     todo, seen = [], set(done)
     for row in rows:
         rid = example_id(row)
@@ -189,6 +192,8 @@ def collect(
         if len(prompts[rid]) + 1 > settings.max_tokens:
             raise ValueError(f"line {row.line}: the prompt alone has {len(prompts[rid])} tokens "
                              f"(max_tokens {settings.max_tokens})")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _open_or_create(out, settings, identity, target)
     total = len(done) + len(todo)
     if progress:
         progress(len(done), total)

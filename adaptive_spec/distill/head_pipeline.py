@@ -21,13 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import ModelDrafter, SpeculativeEngine, StopRule
 from ..engine.drafters import DraftRequest
+from ..engine.head import DraftHead
 from ..traces.format import atomic_write_text
 from ..traces.workload import PromptRow
 from .collect import Collection, CollectSettings
 from .evaluate import end_to_end, runs_to_json, summarize
-from .head import HeadSettings, attach_saved_head, build_head, head_alpha, save_head, train_head
+from .head import (HeadSettings, attach_saved_head, build_head, head_alpha, load_head, read_head_config, save_head,
+                   train_head)
 from .pipeline import GENERIC, DistillModels, Report, _e2e_prompts, _vocabulary, split_and_collect
 from .traffic import round_robin_by_class
+from .vocab import VocabMap
 
 HEAD = "head"
 
@@ -40,6 +43,8 @@ class HeadRunSettings(BaseModel):
     max_examples: int | None = Field(None, ge=2)
     seed: int = 0
     quantize: bool = Field(True, description="store the head's weights as int8 with per-row scales")
+    init_head: str | None = Field(None, description="a saved head to continue training (its layer width and "
+                                  "vocabulary kept; it must be this target's): new traffic, not a new head")  # fmt: skip
     eval_max_examples: int = Field(200, ge=0)
     e2e_prompts: int = Field(1, ge=0)
     e2e_new_tokens: int = Field(96, ge=2)
@@ -54,12 +59,17 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     report = report or (lambda stage, done, total, note="": None)
     if not settings.collect.hidden_states:
         raise ValueError("a draft head needs the target's features: collect with hidden states")
+    # a head to continue is checked (this target's?) before the long collection
+    continued = continued_head(settings.init_head, models.target) if settings.init_head is not None else None
     out.mkdir(parents=True, exist_ok=True)
     # 1-2. split, then the target's distributions and features
     train_rows, eval_rows, train_ids, eval_ids, collection = split_and_collect(rows, out, settings, models, report)
     # 3. vocabulary, head, training
-    vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
-    head = build_head(models.target, vmap, settings.head)
+    if continued is not None:
+        head, vmap = continued
+    else:
+        vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
+        head = build_head(models.target, vmap, settings.head)
     summary = train_head(head, models.target, collection, train_ids, vmap, settings.head, out / "checkpoint",
                          lambda step, total, loss: report("training the head", step, total, f"loss {loss:.3f}"))  # fmt: skip
     # 4. evaluate, then save with the figures in the model card
@@ -68,6 +78,8 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     for i in round_robin_by_class(eval_ids, settings.eval_max_examples, lambda i: collection.by_id[i].request_class):
         by_class[collection.by_id[i].request_class].append(i)
     evaluation["alpha"] = {c: head_alpha(head, models.target, collection, ids, vmap) for c, ids in by_class.items()}
+    if settings.init_head is not None:
+        summary["init_head"] = {"path": settings.init_head, "training": read_head_config(settings.init_head).training}
     save_head(head, models.target, out, {**summary, "vocab_size": vmap.size, "seed": settings.seed},
               settings.quantize, heldout_alpha=heldout_chains(evaluation["alpha"]))  # fmt: skip
     engine = SpeculativeEngine(models.target, [ModelDrafter(models.base, GENERIC,
@@ -88,6 +100,15 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     atomic_write_text(out / "eval.json", json.dumps(evaluation, indent=1))
     atomic_write_text(out / "README.md", model_card(traffic_path, settings, evaluation, len(train_ids)))
     return evaluation
+
+
+def continued_head(directory: str, target) -> tuple[DraftHead, VocabMap]:
+    """A saved head, in float32 for training (its output rows, the target's, frozen), and its vocabulary map:
+    continuing keeps the ids the head was trained to propose. Refuses a head of another target (``load_head``)."""
+    head = load_head(directory, target).float()
+    head.lm_head.weight.requires_grad_(False)
+    vocab = target.config.get_text_config().vocab_size
+    return head, VocabMap(head.vocab_map.cpu(), vocab)
 
 
 def heldout_chains(alpha: dict[str, dict]) -> dict[str, list[float]]:
@@ -141,7 +162,10 @@ def model_card(traffic: Path, settings: HeadRunSettings, evaluation: dict, train
              "not stored.", "",
              f"- Traffic: `{traffic}`, {train_examples} training examples; vocabulary {evaluation['vocab_size']} ids.",
              f"- Training: {json.dumps(evaluation['training'])}",
-             f"- Settings: {settings.head.model_dump_json()}", "",
+             f"- Settings: {settings.head.model_dump_json()}",
+             *([f"- Continued from the head at `{settings.init_head}` (its vocabulary and layer width)."]
+               if settings.init_head else []),
+             f"- Responses the traffic lacks written by: the {settings.collect.respond_with}.", "",
              "Teacher-forced acceptance on held-out examples, drafts of response tokens (alpha_j: j-th draft token "
              "right given the previous; `heldout_alpha` in head_config.json, the controller's cold start):",
              ""]  # fmt: skip

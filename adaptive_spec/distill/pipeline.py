@@ -90,7 +90,7 @@ def split_and_collect(rows: list[PromptRow], out: Path, settings, models: Distil
     eval_ids = [i for i in _unique(example_id(r) for r in eval_rows) if i not in set(train_ids)]
     _write_heldout(out / HELDOUT_FILE, eval_rows)
     collect(models.target, models.encoder, train_rows + eval_rows, out / "collection", settings.collect,
-            _responder(models, settings.collect.max_new_tokens),
+            _responder(models, settings.collect.max_new_tokens, settings.collect.respond_with),
             lambda done, total: report("collecting (target prefill)", done, total, ""))  # fmt: skip
     return train_rows, eval_rows, train_ids, eval_ids, Collection(out / "collection")
 
@@ -143,13 +143,21 @@ def _write_heldout(path: Path, rows: list[PromptRow]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def _responder(models: DistillModels, max_new_tokens: int) -> Respond:
-    """Greedy target responses for rows without one, sped up by lookup-else-generic-draft speculation (the same
-    output as plain greedy decoding, up to bf16 near-tie flips)."""
+def _responder(models: DistillModels, max_new_tokens: int, writer: str = "target") -> Respond:
+    """Greedy responses for rows without one. The target's are sped up by lookup-else-generic-draft speculation
+    (the same output as plain greedy decoding, up to bf16 near-tie flips); the base draft's are its plain greedy
+    decoding (``respond_with="draft"``: cheaper text for the same target labels)."""
     from ..runtime import standard_drafters
 
-    engine = SpeculativeEngine(models.target, standard_drafters(models.target, models.base))
     stop = StopRule(max_new_tokens, models.eos)
+    if writer == "draft":
+        engine = SpeculativeEngine(models.base, vocab_size=models.target.config.get_text_config().vocab_size)
+
+        def respond(prompt_ids: list[int]) -> list[int]:
+            return engine.generate(torch.tensor(prompt_ids, device=engine.device), stop=stop).new_tokens.tolist()
+
+        return respond
+    engine = SpeculativeEngine(models.target, standard_drafters(models.target, models.base))
 
     def respond(prompt_ids: list[int]) -> list[int]:
         out = engine.generate(torch.tensor(prompt_ids), fixed("hybrid", 8, 0.5), stop=stop)
