@@ -146,6 +146,9 @@ def controller_summary(runs: list[dict], base: str = "without head", other: str 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head-dir", type=Path, required=True, help="output directory of `distill --kind head`")
+    parser.add_argument("--prompts-from", type=Path, default=None,
+                        help="held-out prompts from this directory's heldout.jsonl instead of --head-dir's: a head "
+                             "continued from another (distill --init-head) on the prompts that one held out")  # fmt: skip
     parser.add_argument("--per-class", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--generic-k", default="2,3,4,6")
@@ -184,7 +187,7 @@ def main() -> None:
     print(json.dumps(cost_figures, indent=1), flush=True)
 
     # 2. fixed configurations, end to end
-    heldout = heldout_prompts(args.head_dir, args.per_class, None)
+    heldout = heldout_prompts(args.prompts_from or args.head_dir, args.per_class, None)
     prompts = [(r["class"], chat_ids(tok, r["prompt"])[0]) for r in heldout]
     runs, summary = [], None
     if not args.controller_only:
@@ -215,7 +218,8 @@ def main() -> None:
 
     eval_path = args.head_dir / "eval.json"
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
-    meta = {"head_dir": str(args.head_dir), "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
+    meta = {"head_dir": str(args.head_dir), "prompts_from": str(args.prompts_from or args.head_dir),
+            "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "dtype": "bfloat16", "prompts": len(prompts), "hardware": cost.hardware,
             "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
             "cost_source": cost_source,
@@ -248,7 +252,7 @@ def markdown(doc: dict) -> str:
         "# Draft head vs the generic 0.5B draft, and the controller with the head", "",
         f"Target Qwen2.5-Coder-1.5B-Instruct, bf16, {meta['threads']} threads ({meta['hardware']}), greedy, "
         f"{meta['max_new_tokens']} new tokens, {meta['prompts']} held-out prompts ({meta['per_class']} per class) from "
-        f"`{meta['head_dir']}/heldout.jsonl`; configurations interleaved per prompt in one process.", "",
+        f"`{meta.get('prompts_from', meta['head_dir'])}/heldout.jsonl`; configurations interleaved per prompt in one process.", "",
         f"Cost per drafted token at context {cost['context']} ({_cost_source(meta)}): head "
         f"{cost['head_ms_per_token']:.1f} ms, generic draft {cost['model_ms_per_token']:.1f} ms, one target forward "
         f"{cost['target_forward_ms']:.1f} ms → head / target **{ratio:.3f}** (bar ≤ {COST_BAR:.3f}: "
