@@ -15,7 +15,6 @@ Greedy, bf16, 2 threads, 128 new tokens by default. Throughput is not measured h
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 BAR_US = 50.0
 
@@ -145,12 +145,8 @@ def main() -> None:
             "policy": str(args.policy.name), "hardware": hardware(),
             "drafters": generator.model_drafters() + ["lookup"], "cost_from": str(args.cost_from or ""),
             "seconds_per_round": seconds / max(rounds, 1), "command": "python " + " ".join(sys.argv)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary,
-                                                         "decide_us": timed.samples,
-                                                         "on_round_us": timed.on_round_samples}, indent=1))  # fmt: skip
-    args.out.with_suffix(".md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    doc = {"meta": meta, "summary": summary, "decide_us": timed.samples, "on_round_us": timed.on_round_samples}
+    write_results(args.out, doc, markdown(summary, meta))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # no
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 BAR = 1.3
@@ -94,11 +95,7 @@ def main() -> None:
             "bar": f"custom best speedup >= {BAR} x generic best speedup"}  # fmt: skip
     doc = {"meta": meta, "draft_cost": cost, "teacher_forced_alpha": teacher_forced, "summary": summary,
            "runs": runs_to_json(runs)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    text = markdown(doc)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.out, doc, markdown(doc))
 
 
 def config_table(summary: dict) -> list[str]:

@@ -17,7 +17,6 @@ the controller, each with extensions of 0 (off) .. 8 tokens. Replay only: real r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from adaptive_spec.traces.format import read_traces  # noqa: E402
 from adaptive_spec.traces.simulate import simulate  # noqa: E402
 
 from adaptive import saved_cost_model  # noqa: E402  (benchmarks/adaptive.py writes the cost model)
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 EXTENDS = (0, 2, 4, 8)
@@ -71,10 +71,7 @@ def main() -> None:
                        "cost": str(args.cost_from or args.policy), "verify_ms_at_context_300": verify,
                        "command": "python " + " ".join(sys.argv)},
               "rows": rows}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 def _row(sim, base, family: str, extend: int) -> dict:

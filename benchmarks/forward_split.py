@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from adaptive_spec.engine import SpeculativeEngine, StopRule, fixed  # noqa: E40
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids, standard_drafters  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 
 class ForwardTimer:
@@ -112,10 +112,7 @@ def main() -> None:
     summary = summarize(rows, list(runs))
     meta = {"k": args.k, "max_new_tokens": args.max_new_tokens, "prompts": len(prompts), "threads": args.threads,
             "command": "python " + " ".join(sys.argv)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    write_results(args.out, {"meta": meta, "summary": summary, "runs": rows}, markdown(summary, meta))
 
 
 def summarize(rows: list[dict], names: list[str]) -> dict:

@@ -44,6 +44,7 @@ from adaptive_spec.policy.file import default_policy_path, load_policy_file  # n
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
 from adaptive_spec.stats import MemoryStatsStore  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPEC_BENCH = ROOT.parent / "shared" / "data" / "spec_bench_questions.jsonl"
@@ -229,11 +230,7 @@ def main() -> None:
            "training": evaluation.get("training"), "summary": summary, "runs": runs_to_json(runs),
            "controller": controller}  # fmt: skip
     out = args.out.with_name(args.out.name + "_controller") if args.controller_only else args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    text = controller_markdown(doc) if args.controller_only else markdown(doc)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(out, doc, controller_markdown(doc) if args.controller_only else markdown(doc))
 
 
 def _cost_source(section: dict) -> str:

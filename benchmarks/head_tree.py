@@ -41,6 +41,7 @@ from adaptive_spec.distill.collect import ChatEncoder, Collection, CollectSettin
 from adaptive_spec.distill.head import head_inputs, load_head, own_feature_passes  # noqa: E402
 from adaptive_spec.distill.traffic import read_traffic  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 # chains, then trees widening at the root (where the head is most often second-best), up to 16 nodes
@@ -204,10 +205,7 @@ def main() -> None:
                        "goal": args.goal, "seconds": round(time.perf_counter() - started, 1)},
               "coverage": coverage, "shapes": shapes,
               "needed_alpha": needed_alpha(cost, args.context, head_s, args.goal)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

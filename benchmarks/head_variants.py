@@ -31,6 +31,7 @@ from adaptive_spec.engine import SpeculativeEngine  # noqa: E402
 from adaptive_spec.engine.head import DraftHead, attach_head, head_config  # noqa: E402
 from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
 from adaptive_spec.policy.calibrate import measure_drafter_table, measure_table  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONTEXT = 256
@@ -104,11 +105,7 @@ def main() -> None:
     target = load_pair(dtype="bfloat16", with_draft=False).target
     doc = {"head_dir": str(args.head_dir), "threads": args.threads, "ceiling": ceiling,
            "cost": head_costs(target, sizes, widths, args.reps)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    text = markdown(doc)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ forwards (policy, sampling, cache bookkeeping) per token, for the controller and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
 from adaptive_spec.policy.controller import ClassSettings, DraftSettings  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONTROLLER_OFF, ENGINE_PLAIN, HF, HF_FIXED = "controller off", "plain (engine, k=0)", "hf generate", "hf generate (stride fix)"
@@ -197,10 +197,7 @@ def main() -> None:
     summary = summarize(rows)
     meta = {"max_new_tokens": args.max_new_tokens, "threads": args.threads, "per_category": args.per_category,
             "skip": args.skip, "policy": str(args.policy), "command": "python " + " ".join(sys.argv)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    write_results(args.out, {"meta": meta, "summary": summary, "runs": rows}, markdown(summary, meta))
 
 
 if __name__ == "__main__":

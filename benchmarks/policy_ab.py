@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from head import controller_summary, priced_seconds  # noqa: E402  (benchmarks/head.py)
 from siblings import pick  # noqa: E402  (benchmarks/siblings.py: per category in turn, a cut-short run stays balanced)
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -118,11 +119,7 @@ def main() -> None:
         doc["meta"] = {"a": str(args.a), "b": str(args.b), "traces": str(args.traces), "threads": args.threads,
                        "max_new_tokens": args.max_new_tokens, "command": "python " + " ".join(sys.argv)}  # fmt: skip
     doc["summary"] = summarize(doc["runs"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    text = markdown(doc)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

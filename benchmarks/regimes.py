@@ -15,7 +15,6 @@ prompt lookup), the hybrids, and the controller as committed (cold store). Repla
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from adaptive_spec.traces.format import read_traces  # noqa: E402
 from adaptive_spec.traces.simulate import simulate  # noqa: E402
 
 from adaptive import hindsight, saved_cost_model  # noqa: E402  (the real-run benchmark's fixed sets and replay)
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 CONTEXT = 200  # where the regime's shape is read off
@@ -75,10 +75,7 @@ def main() -> None:
     meta = {"traces": str(args.traces), "prompts": len(traces), "max_new_tokens": args.max_new_tokens,
             "policy": str(args.policy), "command": "python " + " ".join(sys.argv)}
     doc = {"meta": meta, "regimes": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_results(args.out, doc, markdown(doc))
 
 
 def markdown(doc: dict) -> str:

@@ -15,7 +15,6 @@ Writes ``benchmarks/results/siblings.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
+from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -123,10 +123,7 @@ def main() -> None:
                     "max_new_tokens": args.max_new_tokens, "threads": args.threads, "dtype": "bfloat16",
                     "seconds": round(time.perf_counter() - started), "command": "python " + " ".join(sys.argv)},
            "verify_ms_chain_vs_tree": overhead, "summary": summarize(runs, names), "runs": runs}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_results(args.out, doc, markdown(doc))
 
 
 def summarize(runs: list[dict], names: list[str]) -> dict:
