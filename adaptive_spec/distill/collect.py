@@ -178,7 +178,8 @@ def collect(
     out = Path(out_dir)
     identity = target_identity(target)
     # the rows are checked before the directory is made: a refused file leaves nothing a retry would trip over
-    done = {e.id for e in read_manifest(out).examples} if (out / MANIFEST).is_file() else set()
+    existing = read_manifest(out) if (out / MANIFEST).is_file() else None
+    done = {e.id for e in existing.examples} if existing is not None else set()
     todo, seen = [], set(done)
     for row in rows:
         rid = example_id(row)
@@ -193,8 +194,7 @@ def collect(
         if len(prompts[rid]) + 1 > settings.max_tokens:
             raise ValueError(f"line {row.line}: the prompt alone has {len(prompts[rid])} tokens "
                              f"(max_tokens {settings.max_tokens})")  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = _open_or_create(out, settings, identity, target)
+    manifest = _open_or_create(out, settings, identity, target, existing)
     total = len(done) + len(todo)
     if progress:
         progress(len(done), total)
@@ -212,14 +212,15 @@ def collect(
     return manifest
 
 
-def _open_or_create(out: Path, settings: CollectSettings, identity: TargetIdentity, target) -> Manifest:
-    path = out / MANIFEST
-    if not path.is_file():
+def _open_or_create(out: Path, settings: CollectSettings, identity: TargetIdentity, target,
+                    manifest: Manifest | None) -> Manifest:  # fmt: skip
+    """``manifest``: the one already in ``out`` (checked against this target and settings), or None: a new one."""
+    if manifest is None:
+        out.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(settings=settings, target=identity, dtype=str(target.dtype).replace("torch.", ""),
                             hidden_size=target.config.get_text_config().hidden_size)  # fmt: skip
-        atomic_write_text(path, manifest.dump())
+        atomic_write_text(out / MANIFEST, manifest.dump())
         return manifest
-    manifest = read_manifest(out)
     manifest.target.check(identity, f"the collection in {out}")
     layout = {"shard_examples"}  # changes how examples are grouped into files, not what is collected
     if manifest.settings.model_dump(exclude=layout) != settings.model_dump(exclude=layout):
