@@ -66,7 +66,7 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     train_rows, eval_rows, train_ids, eval_ids, collection = split_and_collect(rows, out, settings, models, report)
     # 3. vocabulary, head, training
     if continued is not None:
-        head, vmap = continued
+        head, vmap, origin = continued
     else:
         vmap = _vocabulary(collection, train_ids, settings.vocab_size, models, out / "checkpoint")
         head = build_head(models.target, vmap, settings.head)
@@ -78,8 +78,8 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     for i in round_robin_by_class(eval_ids, settings.eval_max_examples, lambda i: collection.by_id[i].request_class):
         by_class[collection.by_id[i].request_class].append(i)
     evaluation["alpha"] = {c: head_alpha(head, models.target, collection, ids, vmap) for c, ids in by_class.items()}
-    if settings.init_head is not None:
-        summary["init_head"] = {"path": settings.init_head, "training": read_head_config(settings.init_head).training}
+    if continued is not None:
+        summary["init_head"] = origin
     save_head(head, models.target, out, {**summary, "vocab_size": vmap.size, "seed": settings.seed},
               settings.quantize, heldout_alpha=heldout_chains(evaluation["alpha"]))  # fmt: skip
     engine = SpeculativeEngine(models.target, [ModelDrafter(models.base, GENERIC,
@@ -102,13 +102,15 @@ def run_head(traffic_path: Path, rows: list[PromptRow], out: Path, settings: Hea
     return evaluation
 
 
-def continued_head(directory: str, target) -> tuple[DraftHead, VocabMap]:
-    """A saved head, in float32 for training (its output rows, the target's, frozen), and its vocabulary map:
-    continuing keeps the ids the head was trained to propose. Refuses a head of another target (``load_head``)."""
+def continued_head(directory: str, target) -> tuple[DraftHead, VocabMap, dict]:
+    """A saved head, in float32 for training (its output rows, the target's, frozen), its vocabulary map
+    (continuing keeps the ids the head was trained to propose) and where it came from ({path, training}), read
+    when it is loaded, not after the hour of collection. Refuses a head of another target (``load_head``)."""
+    origin = {"path": directory, "training": read_head_config(directory).training}
     head = load_head(directory, target).float()
     head.lm_head.weight.requires_grad_(False)
     vocab = target.config.get_text_config().vocab_size
-    return head, VocabMap(head.vocab_map.cpu(), vocab)
+    return head, VocabMap(head.vocab_map.cpu(), vocab), origin
 
 
 def heldout_chains(alpha: dict[str, dict]) -> dict[str, list[float]]:
