@@ -60,10 +60,10 @@ def build(code_rows: int = 560, math_rows: int = 24, seed: int = 0, target_respo
     math = [q for q in questions if q["category"] == "math_reasoning"][:math_rows]
     picked += [{"id": f"sb-{q['question_id']}", "class": "math_reasoning", "prompt": q["turns"][0]} for q in math
                if f"sb-{q['question_id']}" not in exclude]  # fmt: skip
-    return picked + prose_rows(questions, prose_per_category, skip_first, exclude, set(), first_math=math_rows)
+    return picked + prose_rows(questions, prose_per_category, skip_first, exclude, first_math=math_rows)
 
 
-def prose_rows(questions: list[dict], per_category: int, skip_first: int, exclude: set[str], taken: set[str],
+def prose_rows(questions: list[dict], per_category: int, skip_first: int, exclude: set[str],
                first_math: int = 0) -> list[dict]:  # fmt: skip
     """Up to ``per_category`` questions per Spec-Bench category (a third for the long-prompt ones), after the first
     ``skip_first`` of each (and, in math_reasoning, after the ``first_math`` the math rows use)."""
@@ -74,7 +74,7 @@ def prose_rows(questions: list[dict], per_category: int, skip_first: int, exclud
     for category, group in by_category.items():
         start = max(skip_first, first_math if category == "math_reasoning" else 0)
         cap = per_category // 3 if category in LONG_PROMPTS else per_category
-        chosen = [q for q in group[start:] if f"sb-{q['question_id']}" not in exclude | taken][:cap]
+        chosen = [q for q in group[start:] if f"sb-{q['question_id']}" not in exclude][:cap]
         out += [{"id": f"sb-{q['question_id']}", "class": category, "prompt": q["turns"][0]} for q in chosen]
     return out
 
