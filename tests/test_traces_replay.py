@@ -131,6 +131,23 @@ def test_replay_prices_siblings_from_the_second_choice_column(traced):
     assert all(r.siblings == 0 == r.sibling_accepted for r in records)
 
 
+def test_replay_prices_each_drafter_by_its_own_table(traced):
+    """A trace with columns for a second model-type drafter (a custom draft, a head) replays its rounds at that
+    drafter's measured cost, not the generic draft's."""
+    _, traces = traced
+    trace = traces[0].model_copy(deep=True)
+    trace.drafts["custom"] = trace.drafts["model"]
+    cheap = CostTable(tokens=[1, 16], contexts=[0, 1000], seconds=[[0.01, 0.02], [0.02, 0.03]])
+    cost = flat_cost().model_copy(update={"drafts": {**flat_cost().drafts, "custom": cheap}})
+    model = replay(trace, _Scripted([Decision("model", 4)]), cost).records
+    custom = replay(trace, _Scripted([Decision("custom", 4)]), cost).records
+    assert [(r.proposed, r.accepted) for r in custom] == [(r.proposed, r.accepted) for r in model]
+    for m, c in [(m, c) for m, c in zip(model, custom) if c.proposed]:  # not the last rounds' plain steps
+        assert c.drafter == "custom" and c.draft_s == pytest.approx(cost.draft_s(c.proposed, c.context_len, c.catchup,
+                                                                                 "custom"))  # fmt: skip
+        assert c.draft_s < m.draft_s
+
+
 def test_trace_file_round_trip_and_errors(traced, tmp_path):
     _, traces = traced
     path = tmp_path / "t.jsonl"

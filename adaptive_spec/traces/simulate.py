@@ -183,7 +183,7 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
                 raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
             proposed, matching, probs = _draft_proposal(trace, name, i, k_run, decision.threshold)
             catchup = draft_states[name].catchup(context_len)
-            draft_s += cost.draft_s(proposed, context_len, catchup)
+            draft_s += cost.draft_s(proposed, context_len, catchup, name)
             draft_states[name].after_round(context_len, proposed, trace.drafts[name].match[i])
             siblings, sibling_accepted = _siblings(trace, name, i, matching, probs, decision.sibling_below)
             source = name
