@@ -10,6 +10,7 @@ level come from the ``ADAPTIVE_SPEC_STATS_*`` settings, as in the workers.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Annotated, Any
 
@@ -93,7 +94,7 @@ def _table(estimates: list[Estimate], level: float, now: float) -> Table:
         ("acc/round", "right"),
         ("per-position acceptance", "left"),
         ("tokens eff. / total", "right"),
-        ("req α", "right"),
+        ("req α ± spread", "right"),
         ("updated", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -115,10 +116,16 @@ def _table(estimates: list[Estimate], level: float, now: float) -> Table:
             _fmt(e.mean_accepted),
             positions,
             f"{e.draft_tokens:,.0f} / {e.total_tokens:,}",
-            _fmt(e.request_alpha, 3),
+            _request_alpha(e),
             _age(e.age_s(now)),
         )
     return table
+
+
+def _request_alpha(e: Estimate) -> str:
+    """Mean of the requests' own alpha, and how far requests differ beyond their noise (once 3 have finished)."""
+    spread = e.request_spread()
+    return _fmt(e.request_alpha, 3) + ("" if spread is None else f" ±{math.sqrt(spread):.2f}")
 
 
 @stats_app.callback(invoke_without_command=True)

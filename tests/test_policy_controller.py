@@ -281,6 +281,45 @@ def test_a_drafter_new_to_a_class_is_priced_by_its_rounds_in_other_classes():
     assert p2.start(RequestInfo(request_class="qa")).report.extra["class_side"] == {"head": "profiled"}
 
 
+def test_a_class_of_unlike_requests_yields_to_the_requests_own_rounds_sooner():
+    """Half of a class's requests accept the head fully, half not at all (a class pooling traffic the head was
+    trained on with traffic it was not): the class's mean says "draft", but its rounds count only as much as its
+    requests agree, so a request that accepts nothing turns the (very cheap) head off within a few rounds, where
+    the class's 16 rounds would keep it on for the whole request; a class of alike requests keeps its weight."""
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+
+    def rounds_until_off(weigh: bool, accepted_by_request: list[int]) -> tuple[int, float]:
+        config = ControllerConfig(default=head_only, weigh_by_spread=weigh)
+        p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test", half_life_tokens=None), config)
+        for accepted in accepted_by_request:
+            p.estimator.observe_request("stem", [head_round(4, accepted)] * 10)
+        session = p.start(RequestInfo(request_class="stem"))
+        weight = session.models["head"].weight
+        for n in range(40):
+            decision = session.decide(state())
+            if decision.drafter != "head":
+                return n, weight
+            session.on_round(head_round(decision.k, 0))
+        return 40, weight
+
+    unlike = [4, 0, 4, 0]
+    off_weighed, weight = rounds_until_off(True, unlike)
+    off_counted, full = rounds_until_off(False, unlike)
+    assert full == 16.0 and weight == 1.0  # requests at alpha 1 and 0: no agreement, the floor of one round
+    assert off_weighed <= 8 and off_counted == 40  # counted fully, the class keeps a useless head on all along
+    alike_off, alike_weight = rounds_until_off(True, [2, 2, 2, 2])
+    assert alike_weight == 16.0  # requests agree: the class's rounds keep their weight
+
+    config = ControllerConfig(default=head_only)
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test", half_life_tokens=None), config)
+    for accepted in unlike[:2]:  # two requests: too few to judge their spread
+        p.estimator.observe_request("stem", [head_round(4, accepted)] * 10)
+    assert p.start(RequestInfo(request_class="stem")).models["head"].weight == 16.0
+    p.estimator.observe_request("stem", [head_round(4, 3)] * 10)
+    session = p.start(RequestInfo(request_class="stem"))
+    assert session.report.extra["class_weight"] == {"head": pytest.approx(session.models["head"].weight)}
+
+
 def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_other_classes():
     """A head trained on code traffic knows its code alpha (its held-out chain); on a class its traffic lacked it
     starts pessimistic, not from its rounds elsewhere (code's alpha says nothing about chat), and is tried

@@ -13,7 +13,7 @@ import structlog
 
 from adaptive_spec.records import RoundRecord
 from adaptive_spec.stats import AlphaEstimator, RedisSettings
-from adaptive_spec.stats.counters import TOTALS, Counters, CounterSpec, field_names
+from adaptive_spec.stats.counters import REQ_ALPHA_SQ, REQ_INV_TOKENS, TOTALS, Counters, CounterSpec, field_names
 from adaptive_spec.stats.keys import StatsKey, redis_key
 from adaptive_spec.stats.redis_store import RedisStatsStore, _Batch
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
@@ -371,12 +371,13 @@ def test_script_decays_like_counters_absorb_across_writers(redis_server):
         for _ in range(rng.randint(1, 80)):
             proposed = rng.randint(0, 10)
             delta.add_round(rnd(proposed, rng.randint(0, proposed)), time.time())
-        delta.add_request(rng.random(), 2.0, None, time.time())
+        delta.add_request(rng.random(), 2.0, None, time.time(), rng.randint(1, 40))  # with the spread's sums
         _send(writers[seq % 2], seq, {key: delta})
         local.absorb(delta)
     stored = pooled_totals(redis_server.url)[key]
     assert stored.totals == local.totals
     assert stored.real_values() == pytest.approx(local.real_values(), rel=1e-9, abs=1e-12)
+    assert stored.real_values()[REQ_ALPHA_SQ] > 0 and stored.real_values()[REQ_INV_TOKENS] > 0
     raw = redis_server.client().hgetall(redis_key("adaptive-spec", key))
     assert float(raw[b"half_life_tokens"]) == 300.0 and raw[b"schema"] == b"1"
     for w in writers:

@@ -173,6 +173,8 @@ def _valid_fields() -> dict[str, str]:
         ("rounds", ""),
         ("accepted_1", "11"),  # more accepted than tried at position 1
         ("accepted_tokens", "41"),  # more accepted than proposed
+        ("request_alpha_sq_sum", "0.5"),  # above request_alpha_sum (0): alpha squared never exceeds alpha
+        ("request_inv_tokens_sum", "0.5"),  # above requests (0): every counted request proposed a token
         ("schema", "2"),  # another version
         ("updated_at", "yesterday"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from pydantic import ValidationError
 from adaptive_spec.records import NO_DRAFTER, RoundRecord
 from adaptive_spec.stats import (
     AlphaEstimator,
+    CounterSpec,
     MemoryStatsStore,
     RedisSettings,
     RequestStats,
+    StatsKey,
     StatsMetrics,
     StatsSettings,
     blend,
@@ -90,6 +93,35 @@ def test_token_and_request_weighted_alpha_differ():
     assert e.request_alpha == pytest.approx(0.5)
     assert e.request_mean_accepted == pytest.approx((9 + 1) / 2)
     assert e.total_requests == 2
+
+
+def test_request_spread_tells_a_class_of_alike_requests_from_a_mixed_one():
+    """Four requests at alpha 0.5: their spread is sampling noise only (0; strength inf). Two at 0.9 and two at 0.1
+    (a class pooling unlike requests): the variance of their alphas less the noise of 100 draft tokens each, and a
+    strength below one token. Fewer than three requests, or requests counted without their draft tokens (stores
+    written before the spread was counted), give None."""
+    alike = AlphaEstimator(pair_id="p", half_life_tokens=None)
+    mixed = AlphaEstimator(pair_id="p", half_life_tokens=None)
+    for i in range(4):
+        alike.observe_request("c", [rnd(10, 5)] * 10)
+        mixed.observe_request("c", [rnd(10, 9 if i % 2 else 1)] * 10)
+    e = alike.estimate("c", "model")
+    assert e.request_spread() == 0.0 and e.request_strength() == math.inf
+    m = mixed.estimate("c", "model")
+    spread = 4 / 3 * 0.16 - 0.25 / 100  # sample variance of (0.9, 0.1, 0.9, 0.1) less 0.5 x 0.5 / 100
+    assert m.request_spread() == pytest.approx(spread)
+    assert m.request_strength() == pytest.approx(0.25 / spread - 1)
+    assert m.to_dict()["request_alpha_std"] == pytest.approx(math.sqrt(spread))
+    assert m.request_spread(min_requests=5) is None
+    two = AlphaEstimator(pair_id="p", half_life_tokens=None)
+    two.observe_request("c", [rnd(10, 9)] * 10)
+    two.observe_request("c", [rnd(10, 1)] * 10)
+    assert two.estimate("c", "model").request_spread() is None and two.estimate("c", "model").request_strength() is None
+    old = MemoryStatsStore()
+    key = StatsKey("p", "c", "model")
+    for alpha in (0.9, 0.1, 0.9):
+        old.observe_request(key, CounterSpec(None), alpha, 1.0, None, 1.0)  # no draft tokens given
+    assert AlphaEstimator(pair_id="p", store=old).estimate("c", "model").request_spread() is None
 
 
 def test_extreme_requests_are_flagged():

@@ -12,8 +12,9 @@ Per round it compares, at the current context length (costs from the calibrated 
 - each model-type drafter (the generic draft, a custom draft, a draft head), drafting until its own confidence
   falls below the class's threshold, at most ``max_k`` tokens: (accepted per round + 1) / (draft time + verify
   time), from this request's rounds with that drafter blended with the class's (the class counts as at most
-  ``prior_weight`` rounds, so a request unlike its class moves away fast; a class with no rounds of a drafter
-  starts from its profiled prior, else from the acceptance measured when the drafter was trained (a head's
+  ``prior_weight`` rounds, so a request unlike its class moves away fast, and at most as many as its requests
+  agree: ``weigh_by_spread``, the strength of the spread between the class's requests; a class with no rounds of
+  a drafter starts from its profiled prior, else from the acceptance measured when the drafter was trained (a head's
   held-out chain; a class its training traffic lacked starts pessimistic and is explored for a few rounds), else
   from the drafter's rounds in other classes, else a generic prior); with
   ``sibling_below`` set (greedy requests), plus the siblings this request's rounds got accepted, the verify
@@ -131,6 +132,12 @@ class ControllerConfig(BaseModel):
     default: ClassSettings = ClassSettings()
     classes: dict[str, ClassSettings] = Field(default_factory=dict)
     prior_weight: float = Field(16.0, gt=0, description="class estimate's weight, in rounds, against the request")
+    weigh_by_spread: bool = Field(True, description="a class's rounds of a drafter weigh at most as much as its "
+                                  "requests agree (the strength of their spread, Estimate.request_strength, over "
+                                  "the class's draft tokens per round; at least 1 round): where a class pools "
+                                  "requests a drafter suits with ones it does not, a request's own rounds "
+                                  "overrule the class sooner")  # fmt: skip
+    spread_min_requests: int = Field(3, ge=2, description="requests of a class before their spread is trusted")
     prior_model_accepted: float = Field(2.0, ge=0, description="cold start: accepted tokens per model round")
     prior_model_proposed: float = Field(4.0, ge=1, description="cold start: proposed tokens per model round")
     generic_prior_weight: float = Field(4.0, gt=0, description="the generic prior's weight, in rounds: a guess, "
@@ -455,6 +462,11 @@ class AdaptiveSession:
         if estimate.rounds > 0:
             source, weight = "class", min(estimate.rounds, cap)
             accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
+            if self.config.weigh_by_spread and proposed > 0:
+                strength = estimate.request_strength(self.config.spread_min_requests)  # in draft tokens
+                if strength is not None and strength / proposed < weight:
+                    weight = max(strength / proposed, 1.0)
+                    self.report.extra.setdefault("class_weight", {})[name] = round(weight, 2)
         elif profiled := self.profiled_prior(name):
             (source, weight), (accepted, proposed) = ("profiled", cap), profiled
         elif (measured := self.policy.measured_alpha.get(name)) is not None:

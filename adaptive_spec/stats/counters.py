@@ -15,6 +15,9 @@ Counters (names follow vLLM's ``num_draft_tokens`` / ``num_accepted_tokens_per_p
 ``request_alpha_sum``  sum over those requests of their own alpha (request-weighted alpha = this / requests)
 ``request_accepted_sum`` sum of their mean accepted tokens per round
 ``requests_low/high``  requests flagged with alpha ~ 0 / ~ 1 over many rounds (see ``RequestStats.extreme``)
+``request_alpha_sq_sum``  sum of their alpha squared, and ``request_inv_tokens_sum`` of 1 / their draft tokens:
+                       how far requests of a key differ from each other beyond their own sampling noise
+                       (``Estimate.request_spread``); 0 for requests counted without their draft tokens
 ``total_*``            lifetime sums, never decayed: exact, so pooled counts can be checked
 =====================  =======================================================================================
 
@@ -51,8 +54,11 @@ SCALARS = (
     "request_accepted_sum",
     "requests_low",
     "requests_high",
+    "request_alpha_sq_sum",
+    "request_inv_tokens_sum",
 )
-ROUNDS, EMPTY, DRAFT, ACCEPTED, EMITTED, REQUESTS, REQ_ALPHA, REQ_ACCEPTED, REQ_LOW, REQ_HIGH = range(len(SCALARS))
+(ROUNDS, EMPTY, DRAFT, ACCEPTED, EMITTED, REQUESTS, REQ_ALPHA, REQ_ACCEPTED, REQ_LOW, REQ_HIGH, REQ_ALPHA_SQ,
+ REQ_INV_TOKENS) = range(len(SCALARS))  # fmt: skip
 N_SCALARS = len(SCALARS)
 TOTALS = (
     "total_rounds",
@@ -166,10 +172,14 @@ class Counters:
         for j in range(start, start + min(accepted, k)):
             v[j] += w
 
-    def add_request(self, alpha: float, mean_accepted: float, extreme: str | None, now: float) -> None:
-        """Count one finished request's own figures (does not advance the token clock)."""
+    def add_request(self, alpha: float, mean_accepted: float, extreme: str | None, now: float,
+                    draft_tokens: int | None = None) -> None:  # fmt: skip
+        """Count one finished request's own figures (does not advance the token clock); with its ``draft_tokens``
+        also what the spread between requests is estimated from."""
         if not (0.0 <= alpha <= 1.0 and mean_accepted >= 0.0):
             raise ValueError(f"bad request figures: alpha={alpha}, mean_accepted={mean_accepted}")
+        if draft_tokens is not None and draft_tokens < 1:
+            raise ValueError(f"a request with an alpha proposed at least one token, got draft_tokens={draft_tokens}")
         self.totals[T_REQUESTS] += 1
         w = self._weight(now)
         v = self.values
@@ -180,6 +190,9 @@ class Counters:
             v[REQ_LOW] += w
         elif extreme == "high":
             v[REQ_HIGH] += w
+        if draft_tokens is not None:
+            v[REQ_ALPHA_SQ] += w * alpha * alpha
+            v[REQ_INV_TOKENS] += w / draft_tokens
 
     def _rebase(self) -> None:
         factor = 2.0 ** (self._origin - self._coord)
@@ -295,6 +308,8 @@ def _check_consistent(values: list[float], totals: list[float], k: int) -> None:
     at_most(values[ACCEPTED], values[DRAFT], "accepted_tokens > draft_tokens")
     at_most(values[REQ_ALPHA], values[REQUESTS], "request_alpha_sum > requests")
     at_most(values[REQ_LOW] + values[REQ_HIGH], values[REQUESTS], "flagged requests > requests")
+    at_most(values[REQ_ALPHA_SQ], values[REQ_ALPHA], "request_alpha_sq_sum > request_alpha_sum")
+    at_most(values[REQ_INV_TOKENS], values[REQUESTS], "request_inv_tokens_sum > requests")
     at_most(totals[T_ACCEPTED], totals[T_DRAFT], "total_accepted_tokens > total_draft_tokens")
     for j in range(k):
         at_most(values[N_SCALARS + k + j], values[N_SCALARS + j], f"accepted_{j + 1} > tried_{j + 1}")

@@ -26,7 +26,9 @@ from .counters import (
     N_SCALARS,
     REQ_ACCEPTED,
     REQ_ALPHA,
+    REQ_ALPHA_SQ,
     REQ_HIGH,
+    REQ_INV_TOKENS,
     REQ_LOW,
     REQUESTS,
     ROUNDS,
@@ -97,6 +99,8 @@ class Estimate:
     request_accepted_sum: float
     requests_low: float
     requests_high: float
+    request_alpha_sq_sum: float
+    request_inv_tokens_sum: float
     total_rounds: int  # lifetime, not decayed
     total_draft_tokens: int
     total_accepted_tokens: int
@@ -128,6 +132,8 @@ class Estimate:
             request_accepted_sum=v[REQ_ACCEPTED],
             requests_low=v[REQ_LOW],
             requests_high=v[REQ_HIGH],
+            request_alpha_sq_sum=v[REQ_ALPHA_SQ],
+            request_inv_tokens_sum=v[REQ_INV_TOKENS],
             total_rounds=round(t[T_ROUNDS]),
             total_draft_tokens=round(t[T_DRAFT]),
             total_accepted_tokens=round(t[T_ACCEPTED]),
@@ -180,6 +186,30 @@ class Estimate:
     def request_mean_accepted(self) -> float | None:
         return _ratio(self.request_accepted_sum, self.requests)
 
+    def request_spread(self, min_requests: int = 3) -> float | None:
+        """Variance of alpha between requests, net of each request's own sampling noise (method of moments:
+        the variance of request alpha minus mean(alpha (1 - alpha) / its draft tokens), over the decayed
+        counts); None before ``min_requests`` requests (lifetime) or without requests counted with their tokens.
+
+        A class whose requests all accept alike has spread ~0, and its mean is a good guess for the next request;
+        one that pools unlike requests (prose with code, say, for a head trained on code) has a large one."""
+        n = self.requests
+        if self.total_requests < min_requests or n <= 1.0 or self.request_alpha_sq_sum <= 0.0:
+            return None
+        mean = self.request_alpha_sum / n
+        variance = (self.request_alpha_sq_sum / n - mean * mean) * n / (n - 1.0)
+        return max(variance - mean * (1.0 - mean) * self.request_inv_tokens_sum / n, 0.0)
+
+    def request_strength(self, min_requests: int = 3) -> float | None:
+        """How many draft tokens of a new request's own say as much about it as the class's mean does: the
+        strength n0 = mean (1 - mean) / spread - 1 of the Beta distribution with the requests' mean and spread
+        (inf when requests agree); None when the spread is unknown (``request_spread``)."""
+        spread = self.request_spread(min_requests)
+        if spread is None:
+            return None
+        mean = self.request_alpha_sum / self.requests
+        return math.inf if spread <= 0.0 else max(mean * (1.0 - mean) / spread - 1.0, 0.0)
+
     @property
     def extreme_share(self) -> tuple[float, float] | None:
         """Shares of requests flagged with alpha ~ 0 and alpha ~ 1."""
@@ -215,6 +245,7 @@ class Estimate:
             "request_alpha": self.request_alpha,
             "request_mean_accepted": self.request_mean_accepted,
             "extreme_share": list(self.extreme_share) if self.extreme_share else None,
+            "request_alpha_std": None if (spread := self.request_spread()) is None else math.sqrt(spread),
             "positions": positions,
             "rounds": self.rounds,
             "draft_tokens": self.draft_tokens,

@@ -91,7 +91,8 @@ class AlphaEstimator:
             counts = request.by_drafter[drafter]
             extreme = counts.extreme(self.settings.extreme_margin, self.settings.extreme_min_rounds)
             key = StatsKey(self.pair_id, request_class, drafter)
-            self.store.observe_request(key, self.spec, counts.alpha, counts.mean_accepted, extreme, now)
+            self.store.observe_request(key, self.spec, counts.alpha, counts.mean_accepted, extreme, now,
+                                       counts.draft_tokens)
 
     def observe_request(self, request_class: str, records: Iterable[RoundRecord]) -> RequestStats:
         """All rounds of one finished request (e.g. ``GenerationResult.records``), then its end."""

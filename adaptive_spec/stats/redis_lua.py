@@ -32,6 +32,7 @@ end
 local function consistent(h)
   if not (at_most(h, 'empty_rounds', 'rounds') and at_most(h, 'accepted_tokens', 'draft_tokens')
       and at_most(h, 'request_alpha_sum', 'requests')
+      and at_most(h, 'request_alpha_sq_sum', 'request_alpha_sum') and at_most(h, 'request_inv_tokens_sum', 'requests')
       and at_most(h, 'total_accepted_tokens', 'total_draft_tokens')) then return false end
   if (h['requests_low'] or 0) + (h['requests_high'] or 0) > (h['requests'] or 0) * (1 + 1e-6) + 1e-6 then
     return false

@@ -193,14 +193,15 @@ class RedisStatsStore:
             batch.add_round(record, now)
 
     def observe_request(
-        self, key: StatsKey, spec: CounterSpec, alpha: float, mean_accepted: float, extreme: str | None, now: float
+        self, key: StatsKey, spec: CounterSpec, alpha: float, mean_accepted: float, extreme: str | None, now: float,
+        draft_tokens: int | None = None,
     ) -> None:
         with self._lock:
             batch = self._batch(key, spec)
             if batch is None:
                 self.dropped_requests += 1
                 return
-            batch.add_request(alpha, mean_accepted, extreme, now)
+            batch.add_request(alpha, mean_accepted, extreme, now, draft_tokens)
 
     def read(self, key: StatsKey, spec: CounterSpec) -> Counters | None:
         event = None

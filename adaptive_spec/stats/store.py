@@ -21,9 +21,10 @@ class StatsStore(Protocol):
         """Count one round (``now``: unix seconds). Never blocks on I/O."""
 
     def observe_request(
-        self, key: StatsKey, spec: CounterSpec, alpha: float, mean_accepted: float, extreme: str | None, now: float
+        self, key: StatsKey, spec: CounterSpec, alpha: float, mean_accepted: float, extreme: str | None, now: float,
+        draft_tokens: int | None = None,
     ) -> None:
-        """Count one finished request's own alpha and mean accepted per round."""
+        """Count one finished request's own alpha, mean accepted per round and (when given) draft tokens."""
 
     def read(self, key: StatsKey, spec: CounterSpec) -> Counters | None:
         """Current counters for ``key`` (None: nothing known). Bounded in time whatever the backend does."""
@@ -69,10 +70,11 @@ class MemoryStatsStore:
             self._get(key, spec).add_round(record, now)
 
     def observe_request(
-        self, key: StatsKey, spec: CounterSpec, alpha: float, mean_accepted: float, extreme: str | None, now: float
+        self, key: StatsKey, spec: CounterSpec, alpha: float, mean_accepted: float, extreme: str | None, now: float,
+        draft_tokens: int | None = None,
     ) -> None:
         with self._lock:
-            self._get(key, spec).add_request(alpha, mean_accepted, extreme, now)
+            self._get(key, spec).add_request(alpha, mean_accepted, extreme, now, draft_tokens)
 
     def read(self, key: StatsKey, spec: CounterSpec) -> Counters | None:
         with self._lock:
