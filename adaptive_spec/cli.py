@@ -271,6 +271,7 @@ def profile(
     per_class: Annotated[Optional[int], typer.Option(help="at most this many prompts of each class")] = None,
     limit: Annotated[Optional[int], typer.Option(help="at most this many prompts in all")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="policy file whose cost model prices the report")] = None,
+    head: Annotated[Optional[Path], typer.Option(help="also trace this draft head's chains (drafter 'head'), for replays with it")] = None,
     target: TargetOpt = None,
     draft: DraftOpt = None,
     pair: PairOpt = "qwen2.5-coder",
@@ -293,10 +294,22 @@ def profile(
         for error in workload.errors:
             console.print(f"[yellow]skipped[/yellow] {error}")
         rows = select(workload.rows, per_class, limit)
+        if head is not None and not (head / "head_config.json").is_file():
+            raise UserError(f"--head {head}: no draft head there (head_config.json not found)")
         loaded = _models(pair, target, draft, dtype, threads)
         window = context_window(target) if target else loaded.target.config.max_position_embeddings
         cost = _cost_model(policy, loaded.pair_id, loaded)
         engine = SpeculativeEngine(loaded.target, standard_drafters(loaded.target, loaded.draft))
+        if head is not None:
+            from .distill.head import HeadError, attach_saved_head
+
+            try:
+                attach_saved_head(engine, head)
+            except HeadError as error:
+                raise UserError(str(error)) from None
+            if "head" not in cost.drafts:
+                console.print("[yellow]the cost model has no head prices[/yellow]: the traces get the head's "
+                              "columns, the report leaves it out (calibrate --head, then --policy)")  # fmt: skip
         collector = TraceCollector(engine, loaded.draft, loaded.tokenizer, loaded.pair_id, dtype)
 
         def trace_one(row, rid):

@@ -28,6 +28,7 @@ SMALL_TRACES = ROOT / "notebooks" / "data" / "traces_small.jsonl"
         (["train-policy", "missing.jsonl", "--out", "x.json"], "not found"),
         (["calibrate", "--head", "no-such-head-dir"], "no draft head"),
         (["calibrate", "--custom-draft", "no-such-draft-dir"], "no custom draft"),
+        (["profile", str(SMALL_TRACES), "--head", "no-such-head-dir"], "no draft head"),  # before models load
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

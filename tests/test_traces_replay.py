@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 
@@ -23,7 +24,8 @@ PROMPTS = [[5, 17, 42, 9, 3, 17, 42, 9, 77, 5, 17], list(range(20, 60)), [100, 1
 
 def flat_cost() -> CostModel:
     table = CostTable(tokens=[1, 16], contexts=[0, 1000], seconds=[[0.1, 0.2], [0.2, 0.3]])
-    return CostModel(pair_id="tiny", hardware="test", dtype="float32", target=table, drafts={"model": table})
+    return CostModel(pair_id="tiny", hardware="test", dtype="float32", target=table,
+                     drafts={"model": table, "head": table})  # fmt: skip
 
 
 class _Scripted:
@@ -146,6 +148,72 @@ def test_replay_prices_each_drafter_by_its_own_table(traced):
         assert c.drafter == "custom" and c.draft_s == pytest.approx(cost.draft_s(c.proposed, c.context_len, c.catchup,
                                                                                  "custom"))  # fmt: skip
         assert c.draft_s < m.draft_s
+
+
+HEAD_SCRIPTS = {
+    "head k=4 thr=0.1": [Decision("head", 4, 0.1)],
+    "head k=8 thr=0.05": [Decision("head", 8, 0.05)],
+    "switching head, model, lookup": [Decision("head", 3, 0.1), Decision("model", 3), Decision("none", 0),
+                                      Decision("head", 6, 0.05), Decision("lookup", 4), Decision("head", 2, 0.2),
+                                      Decision("none", 0), Decision("none", 0), Decision("hybrid", 4, 0.4)],
+}
+
+
+@pytest.fixture(scope="module")
+def traced_with_head(tmp_path_factory):
+    """A head trained for a few seconds on the tiny target's features (a random one matches almost nothing)."""
+    from adaptive_spec.distill.collect import Collection, CollectSettings, collect
+    from adaptive_spec.distill.head import HeadSettings, build_head, train_head
+    from adaptive_spec.distill.vocab import VocabMap
+    from adaptive_spec.engine.head import attach_head
+    from tests.test_distill import ToyEncoder, rows
+
+    target = tiny_model(0)
+    draft = noisy_copy(target, 0.25, seed=1)
+    out = tmp_path_factory.mktemp("head")
+    collect(target, ToyEncoder(), rows(40), out / "collection", CollectSettings(top_k=8, hidden_states=True))
+    vocab = VocabMap(torch.arange(128), 128)
+    settings = HeadSettings(intermediate_size=64, steps=60, batch_tokens=256, lr=3e-3, warmup=5, checkpoint_every=20)
+    head = build_head(target, vocab, settings)
+    collection = Collection(out / "collection")
+    train_head(head, target, collection, [e.id for e in collection.manifest.examples], vocab, settings, out / "head")
+    engine = SpeculativeEngine(target, standard_drafters(target, draft))
+    attach_head(engine, head.eval())
+    collector = TraceCollector(engine, draft, None, "tiny", "float32", depth=16, theta_min=0.05)
+    traces = [collector.trace(torch.tensor(p), str(p), "test", 48) for p in PROMPTS]
+    return engine, traces
+
+
+def test_head_columns_hold_its_own_chain(traced_with_head):
+    """Heads attached to the engine get ``chain`` columns; the chains match the target somewhere (so the replay
+    comparison checks something) and survive the file round trip."""
+    _, traces = traced_with_head
+    head = [t.drafts["head"] for t in traces]
+    assert all(h.chain is not None and h.second is None for h in head)
+    assert sum(sum(h.match) for h in head) > 0
+    assert any(len(c) > m + 1 for h in head for m, c in zip(h.match, h.chain))  # chains run past a wrong token
+    assert any(len(c) < 16 for h in head for c in h.chain)  # ... and some stop below theta_min
+    back = RequestTrace.model_validate_json(traces[0].dump_line())
+    assert back.drafts["head"].chain == traces[0].drafts["head"].chain
+
+
+@pytest.mark.parametrize("script", list(HEAD_SCRIPTS))
+def test_replay_of_a_head_matches_engine_round_for_round(traced_with_head, script):
+    """Proposals, acceptance, catch-up and the head's confidences replay exactly (float32)."""
+    engine, traces = traced_with_head
+    lengths, accepted = collections.Counter(), 0
+    for prompt, trace in zip(PROMPTS, traces):
+        session = _Scripted(HEAD_SCRIPTS[script]).start(RequestInfo())
+        real = engine.generate(torch.tensor(prompt), session.decide, stop=_stop(engine)).records
+        sim = replay(trace, _Scripted(HEAD_SCRIPTS[script]), flat_cost()).records
+        fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup)  # noqa: E731
+        assert [fields(r) for r in sim] == [fields(r) for r in real]
+        for s, r in zip(sim, real):
+            known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]
+            assert [a for a, _ in known] == pytest.approx([b for _, b in known], abs=1e-4)
+        lengths.update(r.proposed for r in real if r.drafter == "head")
+        accepted += sum(r.accepted for r in real if r.drafter == "head")
+    assert len(lengths) >= 2 and accepted > 0  # rounds of several lengths (thresholds cut the chains), some accepted
 
 
 def test_trace_file_round_trip_and_errors(traced, tmp_path):

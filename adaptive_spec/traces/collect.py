@@ -6,6 +6,9 @@
 3. Where the draft is wrong but still confident, a short branch of draft steps records how long a confidence
    threshold would let it keep proposing (rolled back after each branch).
 4. Prompt lookup is deterministic on the context, so its proposal is computed directly at every position.
+5. Every draft head attached to the engine (``attach_head``): one target forward over prompt + output taps the
+   features of every position, then the head drafts its own chain from each position (until a probability below
+   ``theta_min``): the head's ``chain`` columns, since its later tokens follow its own predicted features.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..engine import PromptLookupDrafter, SpeculativeEngine, StopRule, fixed
+from ..engine.drafters import DraftRequest
+from ..engine.head import HeadDrafter
 from ..engine.kv import CachedLM
 from ..runtime import eos_ids
 from .format import DraftColumns, LookupColumns, RequestTrace
@@ -53,6 +58,7 @@ class TraceCollector:
         self.depth = depth
         self.theta_min = theta_min
         self.lookup = PromptLookupDrafter()
+        self.heads = {name: d for name, d in engine.drafters.items() if isinstance(d, HeadDrafter)}
 
     def trace(self, prompt_ids: torch.Tensor, prompt: str, request_class: str, max_new_tokens: int,
               rid: str | None = None) -> RequestTrace:  # fmt: skip
@@ -70,6 +76,13 @@ class TraceCollector:
         diverge = self._divergent_branches(ids, target, top, p)
         # 4. prompt lookup at every position
         lookup_len, lookup_match, lookup_ngram = self._lookup(ids, target)
+        # 5. each draft head's own chain at every position
+        drafts = {
+            "model": DraftColumns(top=top.tolist(), p=[round(x, 5) for x in p.tolist()], match=match.tolist(),
+                                  diverge=diverge, second=second.tolist())  # fmt: skip
+        }
+        for name, head in self.heads.items():
+            drafts[name] = self._head_columns(head, ids, target)
         return RequestTrace(
             schema="adaptive-spec/trace",
             pair_id=self.pair_id,
@@ -83,12 +96,7 @@ class TraceCollector:
             depth=self.depth,
             theta_min=self.theta_min,
             target=target.tolist(),
-            drafts={
-                "model": DraftColumns(
-                    top=top.tolist(), p=[round(x, 5) for x in p.tolist()], match=match.tolist(), diverge=diverge,
-                    second=second.tolist(),
-                )
-            },
+            drafts=drafts,
             lookup=LookupColumns(len=lookup_len, match=lookup_match, ngram=lookup_ngram),
             target_s=round(target_s, 3),
         )
@@ -128,6 +136,30 @@ class TraceCollector:
             branches[q] = probs
         lm.reset()
         return branches
+
+    @torch.inference_mode()
+    def _head_columns(self, head: HeadDrafter, ids: torch.Tensor, target: torch.Tensor) -> DraftColumns:
+        """The head's greedy chain from every position, over the features of one teacher-forced target forward
+        (the head's cache of true pairs grows position by position; its drafted positions are rolled back by the
+        next ``propose``, as in a request)."""
+        sequence = torch.cat([ids, target])
+        lm = self.engine.target
+        lm.reset()
+        lm.forward(sequence[:-1], last_only=True)  # the head's tap stores every position's feature
+        head.reset()
+        request = DraftRequest(self.depth, threshold=self.theta_min)
+        top, p, match, chains = [], [], [], []
+        for i in range(target.numel()):
+            draft = head.propose(sequence[: ids.numel() + i], request)
+            truth = target[i : i + len(draft)]
+            agree = draft.tokens[: truth.numel()] == truth
+            top.append(int(draft.tokens[0]) if len(draft) else -1)
+            p.append(round(draft.probs[0], 5) if len(draft) else 0.0)
+            match.append(int(agree.long().cumprod(0).sum()) if agree.numel() else 0)
+            chains.append([round(x, 5) for x in draft.probs])
+        lm.reset()
+        head.reset()
+        return DraftColumns(top=top, p=p, match=match, chain=chains)
 
     def _lookup(self, ids: torch.Tensor, target: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
         sequence = torch.cat([ids, target])

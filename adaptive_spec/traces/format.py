@@ -17,6 +17,11 @@ drafted, and the outcome of any drafter at any position depends only on the pref
   probabilities of the draft's own continuation after its wrong token (what a confidence-threshold draft would
   still propose), recorded until a probability falls below ``theta_min`` or for at most 8 tokens. Replay of a
   threshold below ``theta_min`` (or of a confident wrong draft running past 8 tokens) is approximate; else exact.
+- ``chain[i]`` (a drafter that drafts over its own predictions, like a draft head: its later tokens do not follow
+  from the teacher-forced ``p``): the probabilities along its own greedy chain from position i, recorded until one
+  falls below ``theta_min`` (that one included) or for ``depth`` tokens; ``match[i]`` counts its tokens up to the
+  first wrong one within the recorded chain, ``top[i]``/``p[i]`` are the chain's first token, ``second`` and
+  ``diverge`` are absent (the head verifies no siblings). Replay reads ``chain`` instead of ``p`` and ``diverge``.
 - ``lookup.len[i]``, ``lookup.match[i]``: the prompt-lookup proposal's length (capped at ``depth``) and how many
   of its tokens match ``target[i:]``; ``lookup.ngram[i]``: the n-gram size that produced it (0: no proposal).
 
@@ -53,6 +58,7 @@ class DraftColumns(BaseModel):
     match: list[int]
     diverge: dict[int, list[float]] = Field(default_factory=dict)
     second: list[int] | None = None
+    chain: list[list[float]] | None = None  # a drafter over its own predictions (a head): see the module docstring
 
 
 class LookupColumns(BaseModel):
@@ -92,10 +98,13 @@ class RequestTrace(BaseModel):
             raise ValueError("a trace needs at least one generated token")
         columns = {f"lookup.{f}": getattr(self.lookup, f) for f in ("len", "match", "ngram")}
         for name, d in self.drafts.items():
-            columns.update({f"drafts.{name}.{f}": getattr(d, f) for f in ("top", "p", "match", "second")
+            columns.update({f"drafts.{name}.{f}": getattr(d, f) for f in ("top", "p", "match", "second", "chain")
                             if getattr(d, f) is not None})  # fmt: skip
             if any(m > self.depth or m < 0 for m in d.match):
                 raise ValueError(f"drafts.{name}.match out of range [0, {self.depth}]")
+            if d.chain is not None and any(not 0 <= m <= len(c) <= self.depth for m, c in zip(d.match, d.chain)):
+                raise ValueError(f"drafts.{name}.chain: each holds at most {self.depth} probabilities, at least "
+                                 "its match's")  # fmt: skip
         for name, column in columns.items():
             if len(column) != n:
                 raise ValueError(f"{name} has {len(column)} entries, target has {n}")

@@ -64,7 +64,7 @@ def profile_class(traces: Sequence[RequestTrace], cost: CostModel, ks: Sequence[
     plain = simulate(traces, FixedPolicy(), cost).throughput()
     positions = sum(t.num_tokens - 1 for t in traces)
     drafters: dict[str, DrafterProfile] = {}
-    for name in sorted({d for t in traces for d in t.drafts}):
+    for name in sorted({d for t in traces for d in t.drafts} & set(cost.drafts)):  # what the cost model can price
         hits = sum(1 for t in traces for m in t.drafts[name].match[1:] if m > 0)
         mean, interval = _alpha(hits, positions)
         drafters[name] = DrafterProfile(name, mean, interval, 1.0)

@@ -82,12 +82,15 @@ class _DraftState:
     def __init__(self) -> None:
         self.true_len = 0  # cached tokens that are on the target's path
 
-    def catchup(self, context_len: int) -> int:
+    def catchup(self, context_len: int, own_features: bool = False) -> int:
+        if own_features:  # a head feeds the pairs (feature i, token i + 1) it has not seen, i < context_len - 1
+            return context_len - 1 - min(max(self.true_len - 1, 0), context_len - 2)
         return context_len - min(self.true_len, context_len - 1)
 
-    def after_round(self, context_len: int, proposed: int, match: int) -> None:
-        # the drafter fed its first proposed - 1 tokens; those up to the first wrong one are on the true path
-        self.true_len = context_len + min(proposed - 1, match)
+    def after_round(self, context_len: int, proposed: int, match: int, own_features: bool = False) -> None:
+        # the drafter fed its first proposed - 1 tokens; those up to the first wrong one are on the true path; a head
+        # (``own_features``) drops every position it computed from its own predictions (``HeadDrafter.propose``)
+        self.true_len = context_len if own_features else context_len + min(proposed - 1, match)
 
 
 def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: float) -> tuple[int, int, list[float]]:
@@ -96,6 +99,13 @@ def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: f
     n = len(trace.target)
     m = d.match[i]
     probs: list[float] = []
+    if d.chain is not None:  # a drafter over its own predictions: its recorded chain, unknown (NaN) past it
+        chain = d.chain[i]
+        for j in range(k):
+            probs.append(chain[j] if j < len(chain) else math.nan)
+            if probs[-1] < threshold:
+                break
+        return len(probs), min(m, len(probs)), probs
     branch = None
     for j in range(k):
         if j <= m:
@@ -182,9 +192,10 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             if name not in trace.drafts:
                 raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
             proposed, matching, probs = _draft_proposal(trace, name, i, k_run, decision.threshold)
-            catchup = draft_states[name].catchup(context_len)
+            own = trace.drafts[name].chain is not None
+            catchup = draft_states[name].catchup(context_len, own)
             draft_s += cost.draft_s(proposed, context_len, catchup, name)
-            draft_states[name].after_round(context_len, proposed, trace.drafts[name].match[i])
+            draft_states[name].after_round(context_len, proposed, trace.drafts[name].match[i], own)
             siblings, sibling_accepted = _siblings(trace, name, i, matching, probs, decision.sibling_below)
             source = name
         elif drafter == HYBRID:
