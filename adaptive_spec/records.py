@@ -16,6 +16,8 @@ Vocabulary (used the same way everywhere in this package):
 - *guess*: a padded plain step's one token fed after the pending token (prompt lookup's next token, or the pending
   token again) because a 2-token forward costs no more than a 1-token one on the hardware; a plain step still
   (``proposed`` 0), counted as ``guessed`` and ``guess_accepted``.
+- *shadow*: a drafter asked for its first token at the round's position without it being verified
+  (``Decision.shadow``); ``shadow_hit`` is 1 when the target emitted that token first. Not counted as proposed.
 - Every round *emits* ``accepted + extension_accepted + sibling_accepted + guess_accepted + 1`` tokens (bonus or
   recovered), fewer only when a stop rule cuts the round.
 - Token-level acceptance rate ``alpha = accepted / proposed`` over many rounds; *mean accepted per round* excludes
@@ -53,6 +55,8 @@ class RoundRecord:
     sibling_accepted: int = 0  # 1 when the first rejected proposal's sibling was accepted in its place
     guessed: int = 0  # 1 when a plain step fed a guess after the pending token (a padded plain step)
     guess_accepted: int = 0  # 1 when the target agreed with the guess
+    shadow: str = ""  # the drafter asked for an unverified first token at this position ("" : none)
+    shadow_hit: int = 0  # 1 when the target's first emitted token was that drafter's
 
     @property
     def verified(self) -> int:

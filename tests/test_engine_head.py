@@ -75,6 +75,44 @@ def test_head_switching_with_other_drafters(target):
         assert out.sequences[0].tolist() == reference(target, prompt, 45, eos=-1)
 
 
+def test_a_shadow_head_changes_nothing_but_is_scored(target):
+    """A head asked only for a shadow token (``Decision.shadow``) beside rounds of other drafters and plain steps:
+    the output stays the target's greedy output, each record says whether the head's token was emitted (checked
+    against the head's own proposal at that context), and under sampling no shadow is taken."""
+    from tests.tiny import noisy_copy
+
+    from adaptive_spec.engine.drafters import DraftRequest
+
+    engine = SpeculativeEngine(target, [ModelDrafter(noisy_copy(target, 0.3, seed=1))])
+    outputs = [reference(target, prompt, 40, eos=-1)[len(prompt):] for prompt in PROMPTS]
+    common = Counter(t for output in outputs for t in output).most_common(1)[0][0]
+    drafter = attach_head(engine, random_head(target, torch.tensor([common])))  # always proposes it: hits somewhere
+    decisions = [Decision("model", 3, shadow="head"), Decision("none", 0, shadow="head"), Decision("head", 2),
+                 Decision(pad_plain=True, shadow="head"), Decision("head", 3, shadow="head")]  # fmt: skip
+    hits = 0
+    for prompt in PROMPTS:
+        cycle = itertools.cycle(decisions)
+        out = engine.generate(torch.tensor(prompt), lambda s: next(cycle), stop=StopRule(40))
+        seq = out.sequences[0]
+        assert seq.tolist() == reference(target, prompt, 40, eos=-1)
+        start = len(prompt) + 1
+        for record, decision in zip(out.records, itertools.cycle(decisions)):
+            assert record.shadow == decision.shadow
+            if record.shadow:  # the head's first token at this context, computed afresh
+                drafter.reset()
+                guess = drafter.propose(seq[: record.context_len], DraftRequest(1)).tokens[0]
+                assert record.shadow_hit == int(guess == seq[record.context_len])
+                hits += record.shadow_hit
+            start += record.emitted
+    assert hits > 0
+    with pytest.raises(ValueError, match="unknown shadow drafter 'nope'"):
+        engine.generate(torch.tensor(PROMPTS[0]), lambda s: Decision(shadow="nope"), stop=StopRule(5))
+    params = SamplingParams(do_sample=True, temperature=0.9)
+    out = engine.generate(torch.tensor(PROMPTS[0]), lambda s: Decision("model", 2, shadow="head"), stop=StopRule(10),
+                          sampling=params, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert all(r.shadow == "" and r.shadow_hit == 0 for r in out.records)
+
+
 def test_vocabulary_map_stays_inside_the_target_vocabulary(target):
     engine = SpeculativeEngine(target, [])
     with pytest.raises(ValueError, match="outside the target's vocabulary"):

@@ -325,7 +325,7 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
     starts pessimistic, not from its rounds elsewhere (code's alpha says nothing about chat), and is tried
     ``explore_rounds`` times so the class gets rounds of its own; measured classes are not explored."""
     head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
-    config = ControllerConfig(default=head_only, explore_rounds=3)
+    config = ControllerConfig(default=head_only, explore_rounds=3, shadow_rounds=0)  # explored by drafting
     measured = {"head": {"code": [0.9, 0.8]}}
     p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
     for _ in range(40):
@@ -358,6 +358,52 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
 
     with pytest.raises(ValueError, match="class 'code'"):
         AdaptivePolicy(with_cheap_head(), config=config, measured_alpha={"head": {"code": [0.5, float("nan")]}})
+
+
+def test_a_cheap_drafter_new_to_a_class_is_scored_by_shadow_tokens_not_rounds():
+    """A head with no rounds in a class starts pessimistic; instead of rounds drafted with it, its first token is
+    asked beside ``shadow_rounds`` rounds of whatever else runs (here plain steps) and priced from the hits: a
+    head the target agrees with is then chosen, one it does not is left off without a single round spent on it.
+    The class keeps the tally, so its next request starts from it without shadows; sampled requests, and
+    drafters too dear for it, explore by drafting as before."""
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=head_only, shadow_rounds=4, explore_rounds=3, prior_unseen_accept=0.05)
+    measured = {"head": {"code": [0.9, 0.8]}}
+
+    def run(p: AdaptivePolicy, hit: int, rounds: int = 8) -> tuple[list, object]:
+        session = p.start(RequestInfo(request_class="docs"))
+        decisions = []
+        for _ in range(rounds):
+            d = session.decide(state())
+            decisions.append((d.drafter, d.k, d.shadow))
+            if d.drafter == "head":
+                session.on_round(head_round(d.k, min(d.k, 3 * hit)))
+            else:
+                session.on_round(RoundRecord(NO_DRAFTER, 0, 0, 0, 1, 100, 0.0, 0.1, shadow=d.shadow,
+                                             shadow_hit=hit if d.shadow else 0))  # fmt: skip
+        return decisions, session
+
+    agreeing = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
+    decisions, session = run(agreeing, hit=1)
+    assert session.report.extra["class_side"] == {"head": "unseen"}
+    assert decisions[0] == (NO_DRAFTER, 0, "head")  # scored beside a plain step...
+    assert all(d == "head" and not shadow for d, _, shadow in decisions[1:])  # ... one hit was enough to draft with it
+    shadows = agreeing.estimator.estimate("docs", "head.shadow")
+    assert shadows.draft_tokens == pytest.approx(1, abs=1e-3) and shadows.accepted_tokens == pytest.approx(1, abs=1e-3)
+
+    useless = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
+    decisions, _ = run(useless, hit=0)
+    assert decisions == [(NO_DRAFTER, 0, "head")] * 4 + [(NO_DRAFTER, 0, "")] * 4  # never drafted with
+
+    decisions, session = run(useless, hit=0)  # the class's tally stands: no more shadows
+    assert session.report.extra["class_side"] == {"head": "shadow"} and all(s == "" for _, _, s in decisions)
+
+    sampled = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
+    session = sampled.start(RequestInfo(request_class="docs", do_sample=True))
+    assert session.decide(state()) == session.models["head"].probe  # explored by drafting
+    dear = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config.model_copy(
+        update={"shadow_max_cost": 0.01}), measured_alpha=measured)  # fmt: skip
+    assert dear.start(RequestInfo(request_class="docs")).models["head"].explore_left == 3
 
 
 class _KeywordClassifier:

@@ -156,6 +156,9 @@ HEAD_SCRIPTS = {
     "switching head, model, lookup": [Decision("head", 3, 0.1), Decision("model", 3), Decision("none", 0),
                                       Decision("head", 6, 0.05), Decision("lookup", 4), Decision("head", 2, 0.2),
                                       Decision("none", 0), Decision("none", 0), Decision("hybrid", 4, 0.4)],
+    "head as a shadow": [Decision("model", 3, shadow="head"), Decision("none", 0, shadow="head"),
+                         Decision("head", 2, 0.1), Decision("lookup", 4, shadow="head"),
+                         Decision(pad_plain=True, shadow="head"), Decision("head", 4, 0.05, shadow="head")],
 }
 
 
@@ -206,7 +209,8 @@ def test_replay_of_a_head_matches_engine_round_for_round(traced_with_head, scrip
         session = _Scripted(HEAD_SCRIPTS[script]).start(RequestInfo())
         real = engine.generate(torch.tensor(prompt), session.decide, stop=_stop(engine)).records
         sim = replay(trace, _Scripted(HEAD_SCRIPTS[script]), flat_cost()).records
-        fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup)  # noqa: E731
+        fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup,  # noqa: E731
+                            r.shadow, r.shadow_hit, r.guess_accepted)
         assert [fields(r) for r in sim] == [fields(r) for r in real]
         for s, r in zip(sim, real):
             known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]

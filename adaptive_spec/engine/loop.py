@@ -44,6 +44,10 @@ class Decision:
     # cheaper than a 2-token one (bf16 on this project's reference machine: slower), a plain step costs less and
     # sometimes emits two tokens. The output is unchanged (greedy: identical; sampling: the same distribution).
     pad_plain: bool = False
+    # greedy only: another drafter (a cheap one, e.g. a draft head) proposes its first token for this position too,
+    # unverified, and the record says whether the target emitted it (``shadow_hit``): a policy measures a drafter's
+    # first-position acceptance for the price of one of its steps instead of rounds spent drafting with it
+    shadow: str = ""
 
 
 PLAIN_STEP = Decision()
@@ -242,6 +246,7 @@ class SpeculativeEngine:
             assert len(draft) <= k_run, f"drafter {decision.drafter!r} proposed {len(draft)} > k={k_run} tokens"
         else:
             draft = Draft(tokens=context[:0], source=NO_DRAFTER)
+        shadow = self._shadow(decision.shadow, context, sampling)
         proposals, q_draft, extension = self._extended(context, draft, decision.extend, remaining - 1 - len(draft))
         guessed = decision.pad_plain and not proposals.numel()
         if guessed:
@@ -297,8 +302,18 @@ class SpeculativeEngine:
             sibling_accepted=int(rescued is not None),
             guessed=int(guessed),
             guess_accepted=accepted if guessed else 0,
+            shadow=decision.shadow if shadow is not None else "",
+            shadow_hit=int(shadow is not None and shadow == int(new[0])),
         )
         return record, new
+
+    def _shadow(self, name: str, context: torch.Tensor, sampling: SamplingParams) -> int | None:
+        """The shadow drafter's greedy first token here (None: no shadow asked, sampling, or it proposed nothing).
+        Its state is left as after any round it drafted in (a head rolls back its predicted position next time)."""
+        if not name or sampling.do_sample:
+            return None
+        draft = self.drafters[name].propose(context, DraftRequest(1))
+        return int(draft.tokens[0]) if len(draft) else None
 
     def _extended(self, context: torch.Tensor, draft: Draft, extend: int, room: int):
         """(tokens to verify, their draft distributions or None, extension length): the draft, then what prompt
@@ -330,9 +345,10 @@ class SpeculativeEngine:
         for field_name, value in (("k", k), ("extend", extend)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"decision {field_name} must be an int >= 0, got {value!r}")
-        if k > 0 and decision.drafter not in self.drafters:
-            known = ", ".join(sorted(self.drafters)) or "none"
-            raise ValueError(f"decision names unknown drafter {decision.drafter!r} (known: {known})")
+        for role, name in (("drafter", decision.drafter if k > 0 else ""), ("shadow drafter", decision.shadow)):
+            if name and name not in self.drafters:
+                known = ", ".join(sorted(self.drafters)) or "none"
+                raise ValueError(f"decision names unknown {role} {name!r} (known: {known})")
         if extend and not hasattr(self.drafters.get(EXTENDER), "extend"):
             raise ValueError(f"decision asks for a lookup extension but the engine has no {EXTENDER!r} drafter "
                              "with extend()")  # fmt: skip

@@ -62,6 +62,11 @@ STREAK = "lookup.streak"
 _LOOKUP_DECISIONS = tuple(Decision(LOOKUP, k) for k in range(65))  # shared, frozen: no allocation per round
 
 
+def shadow_key(drafter: str) -> str:
+    """The statistics key of a drafter's shadow tokens (one "round" each: proposed 1, accepted when it hit)."""
+    return f"{drafter}.shadow"
+
+
 def lookup_key(ngram: int, streak: bool) -> str:
     """The statistics key of a lookup proposal: its kind predicts its acceptance."""
     return STREAK if streak else f"lookup.n{ngram}"
@@ -148,6 +153,13 @@ class ControllerConfig(BaseModel):
                                        "per position; alignment, not size, sets alpha, so assume little")  # fmt: skip
     explore_rounds: int = Field(4, ge=0, description="rounds a drafter is tried in a request of a class its "
                                 "training traffic lacked, while the class has no rounds of it")  # fmt: skip
+    shadow_rounds: int = Field(8, ge=0, description="a cheap drafter (a step within shadow_max_cost of a target "
+                               "forward) unseen in a class is scored on this many rounds by shadow tokens "
+                               "(Decision.shadow: its first token at the round's position, unverified) instead of "
+                               "explore_rounds drafted with it; the class keeps the tally. 0: explore by "
+                               "drafting")  # fmt: skip
+    shadow_max_cost: float = Field(0.1, ge=0, description="a drafter's step over a target forward, at most, for "
+                                   "shadow scoring")  # fmt: skip
     explore_within: float = Field(0.3, ge=0, lt=1, description="a model-type drafter a request has not run, "
                                   "priced within this fraction of the best model-type drafter's rate, is tried "
                                   "(explore_rounds), once per request")  # fmt: skip
@@ -316,7 +328,8 @@ class _ModelDrafter:
     """One model-type drafter's state in one request, in one small object: a round reads it whole."""
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
-                 "sibling_accepted", "sibling_verified", "explore_left", "probe")
+                 "sibling_accepted", "sibling_verified", "explore_left", "probe", "shadow_left", "shadow_hits",
+                 "shadow_tried", "shadow_k")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
         self.name, self.decision, self.probe = name, decision, probe
@@ -327,6 +340,9 @@ class _ModelDrafter:
         self.true_len = 0  # context tokens this drafter's cache holds
         # this request's siblings with this drafter (when the decision asks for them): accepted, verified
         self.sibling_accepted = self.sibling_verified = 0
+        # shadow scoring (a cold, cheap drafter): rounds still to score; hits and tries so far, the class's
+        # included, with a pessimistic prior; the chain length its first-position rate is priced at
+        self.shadow_left, self.shadow_hits, self.shadow_tried, self.shadow_k = 0, 0.0, 0.0, 0  # k 0: not scored
 
 
 class AdaptiveSession:
@@ -357,7 +373,8 @@ class AdaptiveSession:
             probe = Decision(d, min(config.probe_k, cap), knobs.threshold, extend, siblings)
             side, source = self._class_side(d, est.estimate(request_class, d))
             model = _ModelDrafter(d, Decision(d, min(knobs.max_k, cap), knobs.threshold, extend, siblings), side, probe)
-            if source == "unseen":
+            shadowed = source == "unseen" and not request.do_sample and self._start_shadow(model, probe.k)
+            if source == "unseen" and not shadowed:
                 model.explore_left = config.explore_rounds
             self.models[d] = model
         self.lookup_blend: dict[str, tuple[array, array]] = {}
@@ -432,6 +449,8 @@ class AdaptiveSession:
         for model in self.models.values():
             if model.explore_left and best_key != model.name:  # measure it here before trusting a guess
                 return model.probe, model.name
+            if model.shadow_left and best_key != model.name:  # ... or score its first token beside this round
+                return dataclasses.replace(best, shadow=model.name), best_key
         if (best_key == NO_DRAFTER and self.drafters and self.plain_since_model >= self.config.probe_every
                 and not any(m.on for m in self.models.values())):  # fmt: skip
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
@@ -439,13 +458,37 @@ class AdaptiveSession:
             return self.models[name].probe, name
         return best, best_key
 
+    def _start_shadow(self, model: _ModelDrafter, k: int) -> bool:
+        """A cold drafter cheap enough is scored by shadow tokens rather than drafted with (True), from the class's
+        tally so far; once the class has ``shadow_rounds`` of them, it starts from that tally alone. Greedy requests
+        only (the engine takes no shadow under sampling)."""
+        config, cost = self.config, self.policy.cost
+        step = cost.draft_s(1, 256, 1, model.name) / cost.plain_step_s(256)
+        if not config.shadow_rounds or step > config.shadow_max_cost or self.mode == "off":
+            return False
+        tally = self.policy.estimator.estimate(self.request_class, shadow_key(model.name))
+        prior = 2.0  # pseudo-tries at prior_unseen_accept
+        model.shadow_k = k
+        model.shadow_hits = prior * config.prior_unseen_accept + tally.accepted_tokens
+        model.shadow_tried = prior + tally.draft_tokens
+        self._price_from_shadows(model)
+        model.shadow_left = max(config.shadow_rounds - round(tally.draft_tokens), 0)
+        self.report.extra["class_side"][model.name] = "shadow" if tally.draft_tokens else "unseen"
+        return True
+
+    def _price_from_shadows(self, model: _ModelDrafter) -> None:
+        """The class's side of a drafter known only by shadow tokens: a ``shadow_k``-token chain at their hit rate,
+        weighted as a guess."""
+        accepted, proposed = chain_round((model.shadow_hits / model.shadow_tried,), model.shadow_k)
+        model.class_accepted, model.class_proposed = model.weight * accepted, model.weight * proposed
+
     def _explore_close(self, best: str, best_rate: float, context_len: int, remaining: int) -> None:
         """Another model-type drafter this request has not run, priced within ``explore_within`` of the best one,
         is tried (``explore_rounds``, once per request): classes mix requests whose acceptance differs by far more
         than that margin, and only a request's own rounds tell which drafter suits it."""
         for model in self.models.values():
-            # already being tried (explore_left) or already run in this request: nothing to decide
-            if model.name == best or model.explore_left or model.name in self.requests.by_drafter:
+            # already being tried (explore_left) or scored (shadows), or already run in this request: nothing to decide
+            if model.name == best or model.explore_left or model.shadow_k or model.name in self.requests.by_drafter:
                 continue
             if self._model_rate(model, context_len, remaining) >= best_rate * (1 - self.explore_within):
                 model.explore_left = self.config.explore_rounds
@@ -573,6 +616,14 @@ class AdaptiveSession:
             model.sibling_verified += record.siblings
         elif record.k == 0:
             self.plain_since_model += 1
+        if record.shadow and (shadowed := self.models.get(record.shadow)) is not None:
+            shadowed.shadow_left = max(shadowed.shadow_left - 1, 0)
+            shadowed.shadow_hits += record.shadow_hit
+            shadowed.shadow_tried += 1
+            if shadowed.name not in self.requests.by_drafter:
+                self._price_from_shadows(shadowed)
+            self.policy.estimator.observe(self.request_class, RoundRecord(
+                shadow_key(shadowed.name), 1, 1, record.shadow_hit, 1, record.context_len, 0.0, 0.0))  # fmt: skip
         if key != record.drafter:
             record = dataclasses.replace(record, drafter=key)
         self.requests.observe(record)
@@ -622,8 +673,8 @@ class AdaptiveSession:
             scale = min(model.weight, self.config.generic_prior_weight) / model.weight
             model.class_accepted, model.class_proposed, model.weight = (
                 model.class_accepted * scale, model.class_proposed * scale, model.weight * scale)
-            for other in self.models.values():
-                if other is not model and other.name not in self.requests.by_drafter:
+            for other in self.models.values():  # (one scored by shadow tokens in this request is judged by them)
+                if other is not model and other.name not in self.requests.by_drafter and not other.shadow_k:
                     other.explore_left = max(other.explore_left, self.config.explore_rounds)
             self.report.extra["surprise"] = {"drafter": model.name, "round": self.report.rounds, "z": round(z, 2)}
 

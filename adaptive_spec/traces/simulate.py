@@ -204,6 +204,15 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
         extension, extension_matching = _extension(trace, i, proposed, matching, room)
         if extension:
             draft_s += cost.lookup_s
+        shadow_hit = 0
+        if decision.shadow:  # one greedy step of the shadow drafter at this position, unverified
+            name = decision.shadow
+            if name not in trace.drafts:
+                raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
+            own = trace.drafts[name].chain is not None
+            draft_s += cost.draft_s(1, context_len, draft_states[name].catchup(context_len, own), name)
+            draft_states[name].after_round(context_len, 1, trace.drafts[name].match[i], own)
+            shadow_hit = int(trace.drafts[name].top[i] == trace.target[i])
         guessed = guess_right = 0
         if decision.pad_plain and proposed + extension == 0:
             guessed, guess_right = 1, _guess_right(trace, i)
@@ -227,6 +236,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             sibling_accepted=sibling_accepted,
             guessed=guessed,
             guess_accepted=guess_right,
+            shadow=decision.shadow,
+            shadow_hit=shadow_hit,
         )
         records.append(record)
         session.on_round(record)
