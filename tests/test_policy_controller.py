@@ -362,8 +362,9 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
 
 def test_a_cheap_drafter_new_to_a_class_is_scored_by_shadow_tokens_not_rounds():
     """A head with no rounds in a class starts pessimistic; instead of rounds drafted with it, its first token is
-    asked beside ``shadow_rounds`` rounds of whatever else runs (here plain steps) and priced from the hits: a
-    head the target agrees with is then chosen, one it does not is left off without a single round spent on it.
+    asked beside ``shadow_rounds`` rounds of whatever else runs (here plain steps), during which it sits out (a
+    cheap drafter priced at a guess must not win rounds, nor set off exploring the others), then it is priced from
+    the hits: a head the target agrees with is chosen, one it does not is left off without a round spent on it.
     The class keeps the tally, so its next request starts from it without shadows; sampled requests, and
     drafters too dear for it, explore by drafting as before."""
     head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
@@ -386,10 +387,10 @@ def test_a_cheap_drafter_new_to_a_class_is_scored_by_shadow_tokens_not_rounds():
     agreeing = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
     decisions, session = run(agreeing, hit=1)
     assert session.report.extra["class_side"] == {"head": "unseen"}
-    assert decisions[0] == (NO_DRAFTER, 0, "head")  # scored beside a plain step...
-    assert all(d == "head" and not shadow for d, _, shadow in decisions[1:])  # ... one hit was enough to draft with it
+    assert decisions[:4] == [(NO_DRAFTER, 0, "head")] * 4  # scored beside plain steps, sitting out meanwhile...
+    assert all(d == "head" and not shadow for d, _, shadow in decisions[4:])  # ... then drafted with
     shadows = agreeing.estimator.estimate("docs", "head.shadow")
-    assert shadows.draft_tokens == pytest.approx(1, abs=1e-3) and shadows.accepted_tokens == pytest.approx(1, abs=1e-3)
+    assert shadows.draft_tokens == pytest.approx(4, abs=1e-3) and shadows.accepted_tokens == pytest.approx(4, abs=1e-3)
 
     useless = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config, measured_alpha=measured)
     decisions, _ = run(useless, hit=0)

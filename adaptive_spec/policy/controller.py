@@ -438,8 +438,11 @@ class AdaptiveSession:
                 if rate > best_rate:
                     best_rate, best, best_key = rate, _LOOKUP_DECISIONS[k], key
 
-        # model-type drafters, each switched on/off with hysteresis
+        # model-type drafters, each switched on/off with hysteresis (one still being shadow-scored sits out)
         for model in self.models.values():
+            if model.shadow_left and not forced:
+                model.on = False
+                continue
             rate = self._model_rate(model, context_len, state.remaining)
             model.on = on = forced or rate > plain_rate * (self.keep_on if model.on else self.turn_on)
             if on and rate > best_rate:
