@@ -91,6 +91,31 @@ def test_siblings_with_a_head_switching_in(target):
     drafter.tap.remove()
 
 
+def test_a_heads_own_siblings_keep_greedy_output(target):
+    """A head offers its second choice where it is unsure, like the model drafter (its map back to target ids
+    included): output unchanged, siblings only below the confidence asked, some rescued, the tap's features those
+    of a fresh forward."""
+    from collections import Counter
+
+    outputs = [reference(target, prompt, 40, eos=-1)[len(prompt):] for prompt in PROMPTS]
+    common = [t for t, _ in Counter(t for output in outputs for t in output).most_common(2)]
+    engine = SpeculativeEngine(target, [])
+    drafter = attach_head(engine, random_head(target, torch.tensor(common)))  # two tokens: the second often right
+    rescued = 0
+    for prompt, below in zip(PROMPTS, itertools.cycle([1.0, 0.6])):
+        out = engine.generate(torch.tensor(prompt), fixed("head", 3, sibling_below=below), stop=StopRule(40))
+        seq = out.sequences[0]
+        assert seq.tolist() == reference(target, prompt, 40, eos=-1)
+        for r in out.records:
+            assert r.siblings == sum(p < below for p in r.draft_probs)
+        with torch.inference_mode():
+            expected = target.model(seq[None, :-1]).last_hidden_state[0]
+        torch.testing.assert_close(drafter.tap.get(seq.numel() - 1), expected, rtol=1e-4, atol=1e-5)
+        rescued += sum(r.sibling_accepted for r in out.records)
+    assert rescued > 0
+    drafter.tap.remove()
+
+
 def test_sampling_verifies_no_siblings(target):
     """The tree acceptance rule is greedy's; under sampling no sibling is verified (the chain rule stays exact)."""
     engine = engine_with(target, 0.8)

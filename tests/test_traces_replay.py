@@ -133,6 +133,34 @@ def test_replay_prices_siblings_from_the_second_choice_column(traced):
     assert all(r.siblings == 0 == r.sibling_accepted for r in records)
 
 
+def test_replay_of_a_heads_siblings_matches_engine():
+    """A head whose second choice is often right (two tokens only: the target's most common ones): the replay's
+    record of its second choice at its first wrong token rescues exactly the rounds the engine's tree does."""
+    from tests.test_engine_head import random_head
+
+    from adaptive_spec.engine.head import attach_head
+
+    target = tiny_model(0)
+    draft = noisy_copy(target, 0.25, seed=1)
+    outputs = [SpeculativeEngine(target, []).generate(torch.tensor(p), stop=StopRule(48)).new_tokens.tolist()
+               for p in PROMPTS]  # fmt: skip
+    common = [t for t, _ in collections.Counter(t for o in outputs for t in o).most_common(2)]
+    engine = SpeculativeEngine(target, standard_drafters(target, draft))
+    attach_head(engine, random_head(target, torch.tensor(common)))
+    collector = TraceCollector(engine, draft, None, "tiny", "float32", depth=16, theta_min=0.05)
+    script = [Decision("head", 4, 0.05, sibling_below=1.0), Decision("head", 2, 0.05, sibling_below=0.7)]
+    rescued = 0
+    for prompt in PROMPTS:
+        trace = collector.trace(torch.tensor(prompt), str(prompt), "test", 48)
+        real = engine.generate(torch.tensor(prompt), _Scripted(script).start(RequestInfo()).decide,
+                               stop=_stop(engine)).records  # fmt: skip
+        sim = replay(trace, _Scripted(script), flat_cost()).records
+        fields = lambda r: (r.drafter, r.proposed, r.accepted, r.emitted, r.siblings, r.sibling_accepted)  # noqa: E731
+        assert [fields(r) for r in sim] == [fields(r) for r in real]
+        rescued += sum(r.sibling_accepted for r in real)
+    assert rescued > 0
+
+
 def test_replay_prices_each_drafter_by_its_own_table(traced):
     """A trace with columns for a second model-type drafter (a custom draft, a head) replays its rounds at that
     drafter's measured cost, not the generic draft's."""
@@ -156,6 +184,8 @@ HEAD_SCRIPTS = {
     "switching head, model, lookup": [Decision("head", 3, 0.1), Decision("model", 3), Decision("none", 0),
                                       Decision("head", 6, 0.05), Decision("lookup", 4), Decision("head", 2, 0.2),
                                       Decision("none", 0), Decision("none", 0), Decision("hybrid", 4, 0.4)],
+    "head with siblings": [Decision("head", 4, 0.05, sibling_below=1.0), Decision("head", 3, 0.1, sibling_below=0.5),
+                           Decision("model", 3), Decision("none", 0)],
     "head as a shadow": [Decision("model", 3, shadow="head"), Decision("none", 0, shadow="head"),
                          Decision("head", 2, 0.1), Decision("lookup", 4, shadow="head"),
                          Decision(pad_plain=True, shadow="head"), Decision("head", 4, 0.05, shadow="head")],
@@ -192,7 +222,7 @@ def test_head_columns_hold_its_own_chain(traced_with_head):
     comparison checks something) and survive the file round trip."""
     _, traces = traced_with_head
     head = [t.drafts["head"] for t in traces]
-    assert all(h.chain is not None and h.second is None for h in head)
+    assert all(h.chain is not None and h.second is not None for h in head)
     assert sum(sum(h.match) for h in head) > 0
     assert any(len(c) > m + 1 for h in head for m, c in zip(h.match, h.chain))  # chains run past a wrong token
     assert any(len(c) < 16 for h in head for c in h.chain)  # ... and some stop below theta_min
@@ -210,7 +240,7 @@ def test_replay_of_a_head_matches_engine_round_for_round(traced_with_head, scrip
         real = engine.generate(torch.tensor(prompt), session.decide, stop=_stop(engine)).records
         sim = replay(trace, _Scripted(HEAD_SCRIPTS[script]), flat_cost()).records
         fields = lambda r: (r.drafter, r.k, r.proposed, r.accepted, r.emitted, r.context_len, r.catchup,  # noqa: E731
-                            r.shadow, r.shadow_hit, r.guess_accepted)
+                            r.shadow, r.shadow_hit, r.guess_accepted, r.siblings, r.sibling_accepted)
         assert [fields(r) for r in sim] == [fields(r) for r in real]
         for s, r in zip(sim, real):
             known = [(a, b) for a, b in zip(s.draft_probs, r.draft_probs) if not math.isnan(a)]

@@ -151,12 +151,19 @@ class HeadDrafter:
         feature, logits = self.head(features, embeds, self.cache, last)
         self.seen = L - 1
         feature = feature[:, -1:]
-        tokens, rows, probs = [], [], []
+        tokens, rows, probs, siblings = [], [], [], []
+        greedy = not request.sampling.do_sample
         for i in range(request.k):
             if i > 0:  # feed (predicted feature, drafted token)
                 feature, logits = self.head(feature, self.embed(tokens[-1].view(1, 1)).to(feature.dtype), self.cache)
             q_head = distribution(logits[0, -1:], request.sampling)[0]  # [V']
-            pick = sample(q_head[None], request.generator)[0] if request.sampling.do_sample else q_head.argmax()
+            if greedy:  # like the model drafter: its second choice where it is unsure (verified beside it)
+                top = q_head.topk(min(2, q_head.numel()))
+                pick = top.indices[0]
+                if top.values[0].item() < request.sibling_below and top.indices.numel() > 1:
+                    siblings.append((i, int(self.head.vocab_map[top.indices[1]])))
+            else:
+                pick = sample(q_head[None], request.generator)[0]
             token = self.head.vocab_map[pick]
             tokens.append(token)
             probs.append(q_head[pick].item())
@@ -164,7 +171,8 @@ class HeadDrafter:
             if probs[-1] < request.threshold:
                 break
         q_draft = self._full(torch.stack(rows)) if request.sampling.do_sample else None
-        return Draft(torch.stack(tokens), q_draft, tuple(probs), self.name, catchup=features.shape[1])
+        return Draft(torch.stack(tokens), q_draft, tuple(probs), self.name, catchup=features.shape[1],
+                     siblings=tuple(siblings))
 
 
 def attach_head(engine, head: DraftHead, name: str = "head") -> HeadDrafter:

@@ -147,19 +147,21 @@ class TraceCollector:
         lm.reset()
         lm.forward(sequence[:-1], last_only=True)  # the head's tap stores every position's feature
         head.reset()
-        request = DraftRequest(self.depth, threshold=self.theta_min)
-        top, p, match, chains = [], [], [], []
+        request = DraftRequest(self.depth, threshold=self.theta_min, sibling_below=1.0)  # every second choice
+        top, p, match, chains, second = [], [], [], [], []
         for i in range(target.numel()):
             draft = head.propose(sequence[: ids.numel() + i], request)
             truth = target[i : i + len(draft)]
             agree = draft.tokens[: truth.numel()] == truth
+            m = int(agree.long().cumprod(0).sum()) if agree.numel() else 0
             top.append(int(draft.tokens[0]) if len(draft) else -1)
             p.append(round(draft.probs[0], 5) if len(draft) else 0.0)
-            match.append(int(agree.long().cumprod(0).sum()) if agree.numel() else 0)
+            match.append(m)
             chains.append([round(x, 5) for x in draft.probs])
+            second.append(dict(draft.siblings).get(m, -1))  # its second choice at its first wrong token
         lm.reset()
         head.reset()
-        return DraftColumns(top=top, p=p, match=match, chain=chains)
+        return DraftColumns(top=top, p=p, match=match, chain=chains, second=second)
 
     def _lookup(self, ids: torch.Tensor, target: torch.Tensor) -> tuple[list[int], list[int], list[int]]:
         sequence = torch.cat([ids, target])

@@ -20,8 +20,9 @@ drafted, and the outcome of any drafter at any position depends only on the pref
 - ``chain[i]`` (a drafter that drafts over its own predictions, like a draft head: its later tokens do not follow
   from the teacher-forced ``p``): the probabilities along its own greedy chain from position i, recorded until one
   falls below ``theta_min`` (that one included) or for ``depth`` tokens; ``match[i]`` counts its tokens up to the
-  first wrong one within the recorded chain, ``top[i]``/``p[i]`` are the chain's first token, ``second`` and
-  ``diverge`` are absent (the head verifies no siblings). Replay reads ``chain`` instead of ``p`` and ``diverge``.
+  first wrong one within the recorded chain, ``top[i]``/``p[i]`` are the chain's first token, ``second[i]`` its
+  second choice at that first wrong token (-1: none recorded), ``diverge`` is absent. Replay reads ``chain``
+  instead of ``p`` and ``diverge``.
 - ``lookup.len[i]``, ``lookup.match[i]``: the prompt-lookup proposal's length (capped at ``depth``) and how many
   of its tokens match ``target[i:]``; ``lookup.ngram[i]``: the n-gram size that produced it (0: no proposal).
 

@@ -141,11 +141,14 @@ def _siblings(trace: RequestTrace, name: str, i: int, matching: int, probs: list
     """(verified, accepted) siblings of a model proposal at position i: its second choices where its probability
     was below ``below``. The first wrong token's sibling is accepted when it is the target's token (exact, from the
     trace's ``second`` column); a trace without that column prices no siblings."""
-    second = trace.drafts[name].second
+    columns = trace.drafts[name]
+    second = columns.second
     if not below or second is None:
         return 0, 0
     uncertain = [j for j, p in enumerate(probs) if p < below]  # NaN (unknown) counts as confident
-    rescued = matching < len(probs) and matching in uncertain and second[i + matching] == trace.target[i + matching]
+    # a chain drafter's second choice at its first wrong token from i; a teacher-forced one's at that position
+    choice = second[i] if columns.chain is not None else second[min(i + matching, len(second) - 1)]
+    rescued = matching < len(probs) and matching in uncertain and choice == trace.target[i + matching]
     return len(uncertain), int(rescued)
 
 
