@@ -77,7 +77,8 @@ def markdown(doc: dict) -> str:
              "|---|---|---|---|---|"]  # fmt: skip
     for cls, e in doc["summary"].items():
         name = f"**{cls}**" if cls == "all" else cls
-        lines.append(f"| {name} | {e['prompts']} | {e['without head']:.2f} | {e['with head']:.2f} | {e['ratio']:.3f} |")
+        row = f"| {name} | {e['prompts']} | {e['without head']:.2f} | {e['with head']:.2f} | {e['ratio']:.3f} |"
+        lines.append(row)
     totals = {name: defaultdict(lambda: [0, 0, 0]) for name in CONFIGS}
     for name in CONFIGS:
         for r in doc["runs"][name]:
