@@ -85,9 +85,10 @@ def markdown(doc: dict) -> str:
             for drafter, (rounds, proposed, accepted) in r["rounds"].items():
                 t = totals[name][drafter]
                 t[0], t[1], t[2] = t[0] + rounds, t[1] + proposed, t[2] + accepted
+    shadows = sum(r["shadows"] for r in doc["runs"]["with head"])
     lines += ["", "Rounds by drafter (rounds, acceptance): " + "; ".join(
         f"{name}: " + ", ".join(f"{d} {t[0]} ({t[2] / t[1]:.2f})" for d, t in sorted(totals[name].items()))
-        for name in CONFIGS) + f"; shadow tokens asked: {sum(r['shadows'] for r in doc['runs']['with head'])}."]  # fmt: skip
+        for name in CONFIGS) + f"; shadow tokens asked: {shadows}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
