@@ -31,6 +31,19 @@ def random_head(target, vocab: torch.Tensor, seed: int = 0, scale: float = 4.0) 
     return head.eval()
 
 
+def common_output_tokens(target, n: int, prompts=PROMPTS, new_tokens: int = 40) -> list[int]:
+    """The target's ``n`` most frequent greedy output tokens on ``prompts``: a head drafting only these hits often."""
+    outputs = [reference(target, prompt, new_tokens, eos=-1)[len(prompt):] for prompt in prompts]
+    return [t for t, _ in Counter(t for output in outputs for t in output).most_common(n)]
+
+
+def assert_tap_is_fresh(target, drafter, sequence: torch.Tensor) -> None:
+    """The features a head's tap kept are those of one fresh target forward over the final sequence."""
+    with torch.inference_mode():
+        expected = target.model(sequence[None, :-1]).last_hidden_state[0]
+    torch.testing.assert_close(drafter.tap.get(sequence.numel() - 1), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def target():
     return tiny_model(0)
@@ -43,10 +56,7 @@ def test_tap_captures_the_targets_features(target, padded):
     drafter = attach_head(engine, random_head(target, torch.arange(128)))
     decide = fixed("none", 0, pad_plain=padded)
     out = engine.generate(torch.tensor(PROMPTS[0]), decide, stop=StopRule(12))
-    seq = out.sequences[0]
-    with torch.inference_mode():
-        expected = target.model(seq[None, :-1]).last_hidden_state[0]
-    torch.testing.assert_close(drafter.tap.get(seq.numel() - 1), expected, rtol=1e-4, atol=1e-5)
+    assert_tap_is_fresh(target, drafter, out.sequences[0])
     drafter.tap.remove()
 
 
@@ -84,9 +94,7 @@ def test_a_shadow_head_changes_nothing_but_is_scored(target):
     from adaptive_spec.engine.drafters import DraftRequest
 
     engine = SpeculativeEngine(target, [ModelDrafter(noisy_copy(target, 0.3, seed=1))])
-    outputs = [reference(target, prompt, 40, eos=-1)[len(prompt):] for prompt in PROMPTS]
-    common = Counter(t for output in outputs for t in output).most_common(1)[0][0]
-    drafter = attach_head(engine, random_head(target, torch.tensor([common])))  # always proposes it: hits somewhere
+    drafter = attach_head(engine, random_head(target, torch.tensor(common_output_tokens(target, 1))))  # hits often
     decisions = [Decision("model", 3, shadow="head"), Decision("none", 0, shadow="head"), Decision("head", 2),
                  Decision(pad_plain=True, shadow="head"), Decision("head", 3, shadow="head")]  # fmt: skip
     hits = 0

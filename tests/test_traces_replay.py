@@ -136,15 +136,13 @@ def test_replay_prices_siblings_from_the_second_choice_column(traced):
 def test_replay_of_a_heads_siblings_matches_engine():
     """A head whose second choice is often right (two tokens only: the target's most common ones): the replay's
     record of its second choice at its first wrong token rescues exactly the rounds the engine's tree does."""
-    from tests.test_engine_head import random_head
+    from tests.test_engine_head import common_output_tokens, random_head
 
     from adaptive_spec.engine.head import attach_head
 
     target = tiny_model(0)
     draft = noisy_copy(target, 0.25, seed=1)
-    outputs = [SpeculativeEngine(target, []).generate(torch.tensor(p), stop=StopRule(48)).new_tokens.tolist()
-               for p in PROMPTS]  # fmt: skip
-    common = [t for t, _ in collections.Counter(t for o in outputs for t in o).most_common(2)]
+    common = common_output_tokens(target, 2, PROMPTS, 48)
     engine = SpeculativeEngine(target, standard_drafters(target, draft))
     attach_head(engine, random_head(target, torch.tensor(common)))
     collector = TraceCollector(engine, draft, None, "tiny", "float32", depth=16, theta_min=0.05)
