@@ -381,6 +381,7 @@ class AdaptiveSession:
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
         self.plain_since_model = 0
+        self.shadowed: dict[tuple[int, str], tuple[Decision, Decision]] = {}  # _with_shadow's copies
         self.probe_turn = 0
         self.surprised = False  # a drafter's acceptance in this request fell far below its class's (once)
         self.last_lookup_full = False
@@ -453,13 +454,22 @@ class AdaptiveSession:
             if model.explore_left and best_key != model.name:  # measure it here before trusting a guess
                 return model.probe, model.name
             if model.shadow_left and best_key != model.name:  # ... or score its first token beside this round
-                return dataclasses.replace(best, shadow=model.name), best_key
+                return self._with_shadow(best, model.name), best_key
         if (best_key == NO_DRAFTER and self.drafters and self.plain_since_model >= self.config.probe_every
                 and not any(m.on for m in self.models.values())):  # fmt: skip
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
             return self.models[name].probe, name
         return best, best_key
+
+    def _with_shadow(self, decision: Decision, name: str) -> Decision:
+        """``decision`` asking for ``name``'s shadow token, made once per decision object (decisions are shared,
+        long-lived objects; ``dataclasses.replace`` per round cost ~5 µs of the 50 µs budget)."""
+        key = (id(decision), name)
+        cached = self.shadowed.get(key)
+        if cached is None:  # the entry holds the decision too, so its id is not reused while cached
+            cached = self.shadowed[key] = (decision, dataclasses.replace(decision, shadow=name))
+        return cached[1]
 
     def _start_shadow(self, model: _ModelDrafter, k: int) -> bool:
         """A cold drafter cheap enough is scored by shadow tokens rather than drafted with (True), from the class's
