@@ -381,7 +381,7 @@ class AdaptiveSession:
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
         self.plain_since_model = 0
-        self.shadowed: dict[tuple[int, str], tuple[Decision, Decision]] = {}  # _with_shadow's copies
+        self.shadow_decisions: dict[tuple[int, str], tuple[Decision, Decision]] = {}  # _with_shadow's copies
         self.probe_turn = 0
         self.surprised = False  # a drafter's acceptance in this request fell far below its class's (once)
         self.last_lookup_full = False
@@ -466,9 +466,9 @@ class AdaptiveSession:
         """``decision`` asking for ``name``'s shadow token, made once per decision object (decisions are shared,
         long-lived objects; ``dataclasses.replace`` per round cost ~5 µs of the 50 µs budget)."""
         key = (id(decision), name)
-        cached = self.shadowed.get(key)
+        cached = self.shadow_decisions.get(key)
         if cached is None:  # the entry holds the decision too, so its id is not reused while cached
-            cached = self.shadowed[key] = (decision, dataclasses.replace(decision, shadow=name))
+            cached = self.shadow_decisions[key] = (decision, dataclasses.replace(decision, shadow=name))
         return cached[1]
 
     def _start_shadow(self, model: _ModelDrafter, k: int) -> bool:

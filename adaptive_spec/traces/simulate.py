@@ -21,7 +21,7 @@ from ..engine import NO_DRAFTER, RoundState
 from ..policy.base import Policy, RequestInfo, RequestReport
 from ..policy.cost import CostModel
 from ..records import RoundRecord
-from .format import RequestTrace
+from .format import DraftColumns, RequestTrace
 
 LOOKUP = "lookup"
 HYBRID = "hybrid"
@@ -93,9 +93,26 @@ class _DraftState:
         self.true_len = context_len if own_features else context_len + min(proposed - 1, match)
 
 
+def _columns(trace: RequestTrace, name: str) -> DraftColumns:
+    if name not in trace.drafts:
+        raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
+    return trace.drafts[name]
+
+
+def _priced_steps(trace: RequestTrace, name: str, i: int, proposed: int, context_len: int, state: _DraftState,
+                  cost: CostModel) -> tuple[float, int]:  # fmt: skip
+    """(seconds, catch-up) of drafter ``name``'s ``proposed`` steps at position i (a round's draft, or a shadow
+    token); its cache state moves on as the engine's drafter would."""
+    columns = _columns(trace, name)
+    own = columns.chain is not None  # a head: it drops the positions it computed from its own predictions
+    catchup = state.catchup(context_len, own)
+    state.after_round(context_len, proposed, columns.match[i], own)
+    return cost.draft_s(proposed, context_len, catchup, name), catchup
+
+
 def _draft_proposal(trace: RequestTrace, name: str, i: int, k: int, threshold: float) -> tuple[int, int, list[float]]:
     """(proposed, matching, probabilities) of model drafter ``name`` at position i with budget k."""
-    d = trace.drafts[name]
+    d = _columns(trace, name)
     n = len(trace.target)
     m = d.match[i]
     probs: list[float] = []
@@ -192,13 +209,9 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
             source = LOOKUP
         if drafter not in (NO_DRAFTER, LOOKUP) and proposed == 0:
             name = "model" if drafter == HYBRID else drafter
-            if name not in trace.drafts:
-                raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
             proposed, matching, probs = _draft_proposal(trace, name, i, k_run, decision.threshold)
-            own = trace.drafts[name].chain is not None
-            catchup = draft_states[name].catchup(context_len, own)
-            draft_s += cost.draft_s(proposed, context_len, catchup, name)
-            draft_states[name].after_round(context_len, proposed, trace.drafts[name].match[i], own)
+            seconds, catchup = _priced_steps(trace, name, i, proposed, context_len, draft_states[name], cost)
+            draft_s += seconds
             siblings, sibling_accepted = _siblings(trace, name, i, matching, probs, decision.sibling_below)
             source = name
         elif drafter == HYBRID:
@@ -210,11 +223,7 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
         shadow_hit = 0
         if decision.shadow:  # one greedy step of the shadow drafter at this position, unverified
             name = decision.shadow
-            if name not in trace.drafts:
-                raise ValueError(f"trace {trace.request_id} has no columns for drafter {name!r}")
-            own = trace.drafts[name].chain is not None
-            draft_s += cost.draft_s(1, context_len, draft_states[name].catchup(context_len, own), name)
-            draft_states[name].after_round(context_len, 1, trace.drafts[name].match[i], own)
+            draft_s += _priced_steps(trace, name, i, 1, context_len, draft_states[name], cost)[0]
             shadow_hit = int(trace.drafts[name].top[i] == trace.target[i])
         guessed = guess_right = 0
         if decision.pad_plain and proposed + extension == 0:
