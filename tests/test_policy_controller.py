@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -360,6 +361,34 @@ def test_a_drafter_measured_at_training_starts_from_that_and_is_explored_on_othe
         AdaptivePolicy(with_cheap_head(), config=config, measured_alpha={"head": {"code": [0.5, float("nan")]}})
 
 
+def test_a_few_class_rounds_are_shrunk_towards_the_drafters_prior():
+    """Two bad rounds of one request must not settle a class's estimate of a drafter (priced below the others,
+    it would never run there again): until the class has ``prior_weight`` rounds of it, its rounds are blended
+    with what the drafter was expected to do without them (here the head's measured chain), as
+    ``generic_prior_weight`` rounds; past that, the class's rounds alone."""
+    head_only = ClassSettings(model=DraftSettings(enabled=False), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=head_only, prior_weight=16, generic_prior_weight=4)
+    measured = {"head": {"code": [0.8]}}
+    chain = 0.8 + 0.8**2 + 0.8**3 + 0.8**4
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test", half_life_tokens=None), config,
+                       measured_alpha=measured)  # fmt: skip
+    for _ in range(2):
+        p.estimator.observe("code", head_round(4, 0))
+    session = p.start(RequestInfo(request_class="code"))
+    head = session.models["head"]
+    assert session.report.extra["class_side"] == {"head": "class"}
+    assert head.weight == pytest.approx(6.0)
+    assert head.class_accepted / head.weight == pytest.approx(4 * chain / 6)
+    assert head.class_proposed / head.weight == pytest.approx(4.0)
+    first = p.estimator.estimate("code", "head").positions[0].mean
+    assert head.class_alpha1 == pytest.approx((2 * first + 4 * 0.8) / 6)
+
+    for _ in range(18):
+        p.estimator.observe("code", head_round(4, 0))
+    head = p.start(RequestInfo(request_class="code")).models["head"]
+    assert head.weight == pytest.approx(16.0) and head.class_accepted == 0.0
+
+
 def test_a_cheap_drafter_new_to_a_class_is_scored_by_shadow_tokens_not_rounds():
     """A head with no rounds in a class starts pessimistic; instead of rounds drafted with it, its first token is
     asked beside ``shadow_rounds`` rounds of whatever else runs (here plain steps), during which it sits out (a
@@ -487,14 +516,15 @@ def test_a_request_far_below_its_class_tries_the_other_drafters():
 
 def test_a_drafter_priced_close_to_the_best_is_tried_once_per_request():
     """The class prices the head a little above the model draft: with ``explore_within`` a request tries the
-    draft (``explore_rounds`` probes, once) and keeps it where its own rounds are accepted in full (the head, now
-    the one priced close to the best, is tried in turn), returns to the head where they are not; without the
-    margin, or with one the draft's price misses, it never runs the draft."""
+    draft (``explore_rounds`` probes, once) and keeps it where its own rounds are accepted in full, returns to the
+    head where they are not; without the margin, or with one the draft's price misses, it never runs the draft.
+    Once the draft is best, the head is the one priced close to it: being cheap, it is tried by shadow tokens
+    beside the draft's rounds (``shadow_rounds``, here missing every time), not by rounds drafted with it."""
     both = ClassSettings(model=DraftSettings(max_k=4), drafters={"head": DraftSettings(max_k=4)})
 
     def drafters_of(explore_within: float, model_accepts: bool) -> list[str]:
         config = ControllerConfig(default=both, explore_rounds=4, probe_k=4, prior_weight=4,
-                                  explore_within=explore_within)
+                                  explore_within=explore_within, shadow_rounds=3)  # fmt: skip
         p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
         for _ in range(40):
             p.estimator.observe("math", head_round(4, 1))
@@ -503,19 +533,56 @@ def test_a_drafter_priced_close_to_the_best_is_tried_once_per_request():
         out = []
         for _ in range(10):
             d = session.decide(state())
-            out.append(d.drafter)
+            out.append(d.drafter + (f"+{d.shadow}" if d.shadow else ""))
             if d.drafter == "head":
                 session.on_round(head_round(d.k, min(1, d.k)))
             else:
-                session.on_round(model_round(d.k, d.k if model_accepts else 0))
+                record = model_round(d.k, d.k if model_accepts else 0)
+                session.on_round(dataclasses.replace(record, shadow=d.shadow))  # a shadow that misses
         return out
 
     assert drafters_of(0.0, True) == ["head"] * 10
     assert drafters_of(0.05, True) == ["head"] * 10
-    kept = drafters_of(0.2, True)  # the draft, now best, has the head tried in turn (priced close to it)
-    assert kept == ["model"] + ["head"] * 4 + ["model"] * 5
+    kept = drafters_of(0.2, True)
+    assert kept == ["model"] + ["model+head"] * 3 + ["model"] * 6
     left = drafters_of(0.2, False)
     assert left[:4] == ["model"] * 4 and left[4:] == ["head"] * 6
+
+
+@pytest.mark.parametrize("hits", [1, 0])
+def test_a_cheap_drafter_priced_close_to_the_best_is_scored_in_the_request_by_shadow_tokens(hits):
+    """The class prices the cheap head a little below the model draft (its first token accepted 0.4 of the time):
+    a greedy request scores the head by ``shadow_rounds`` shadow tokens beside the draft's rounds, then rescales
+    the class's estimate by how its own shadows compare with the class's first-position acceptance: hitting, the
+    head takes over as soon as it is priced above the draft; all missing, the draft keeps the request. Under
+    sampling (no shadows), the head is explored by drafting instead."""
+    both = ClassSettings(model=DraftSettings(max_k=4), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=both, explore_rounds=4, probe_k=4, prior_weight=4, explore_within=0.3,
+                              shadow_rounds=4)  # fmt: skip
+
+    def run(do_sample: bool = False) -> list[str]:
+        p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
+        for i in range(40):
+            p.estimator.observe("math", head_round(4, 2 if i % 5 < 2 else 0))
+            p.estimator.observe("math", model_round(4, 3))
+        session = p.start(RequestInfo(request_class="math", do_sample=do_sample))
+        out = []
+        for _ in range(10):
+            d = session.decide(state())
+            out.append(d.drafter + (f"+{d.shadow}" if d.shadow else ""))
+            if d.drafter == "head":
+                session.on_round(head_round(d.k, min(2, d.k)))
+            else:
+                record = model_round(d.k, 3)
+                session.on_round(dataclasses.replace(record, shadow=d.shadow, shadow_hit=hits if d.shadow else 0))
+        return out
+
+    if hits:  # priced above the draft after its first hit: drafted with from then on
+        assert run() == ["model+head"] + ["head"] * 9
+    else:
+        assert run() == ["model+head"] * 4 + ["model"] * 6
+    sampled = run(do_sample=True)
+    assert sampled[0] == "head" and not any("+" in d for d in sampled)  # explored by drafting, no shadow asked
 
 
 def plain_round(context: int = 100) -> RoundRecord:

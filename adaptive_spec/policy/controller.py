@@ -13,8 +13,8 @@ Per round it compares, at the current context length (costs from the calibrated 
   falls below the class's threshold, at most ``max_k`` tokens: (accepted per round + 1) / (draft time + verify
   time), from this request's rounds with that drafter blended with the class's (the class counts as at most
   ``prior_weight`` rounds, so a request unlike its class moves away fast, and at most as many as its requests
-  agree: ``weigh_by_spread``, the strength of the spread between the class's requests; a class with no rounds of
-  a drafter starts from its profiled prior, else from the acceptance measured when the drafter was trained (a head's
+  agree: ``weigh_by_spread``, the strength of the spread between the class's requests; a class with fewer rounds
+  of a drafter than that is shrunk towards its prior, and a class with none starts from its profiled prior, else from the acceptance measured when the drafter was trained (a head's
   held-out chain; a class its training traffic lacked starts pessimistic and is explored for a few rounds), else
   from the drafter's rounds in other classes, else a generic prior); with
   ``sibling_below`` set (greedy requests), plus the siblings this request's rounds got accepted, the verify
@@ -27,7 +27,11 @@ Model-type drafters are switched off and on with hysteresis (no flapping near br
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
 stuck off. A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
 tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified), and
-from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). Class
+from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). A drafter
+tried in a request (that, or ``explore_within``) is drafted with for ``explore_rounds``, unless it is cheap (a
+draft head): then ``shadow_rounds`` shadow tokens beside the other drafters' rounds score its first position, and
+the class's estimate of it is rescaled by how they compare with the class's first-position acceptance (exploring
+a head by drafting cost ~3% of a code request the generic draft served better, plus the draft's catch-up). Class
 statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round
 is arithmetic on cached numbers.
 """
@@ -154,15 +158,15 @@ class ControllerConfig(BaseModel):
     explore_rounds: int = Field(4, ge=0, description="rounds a drafter is tried in a request of a class its "
                                 "training traffic lacked, while the class has no rounds of it")  # fmt: skip
     shadow_rounds: int = Field(8, ge=0, description="a cheap drafter (a step within shadow_max_cost of a target "
-                               "forward) unseen in a class is scored on this many rounds by shadow tokens "
-                               "(Decision.shadow: its first token at the round's position, unverified) instead of "
-                               "explore_rounds drafted with it; the class keeps the tally. 0: explore by "
-                               "drafting")  # fmt: skip
+                               "forward) unseen in a class, or tried in a request (explore_within, surprise_z), is "
+                               "scored on this many rounds by shadow tokens (Decision.shadow: its first token at "
+                               "the round's position, unverified) instead of explore_rounds drafted with it; the "
+                               "class keeps the tally. 0: explore by drafting")  # fmt: skip
     shadow_max_cost: float = Field(0.1, ge=0, description="a drafter's step over a target forward, at most, for "
                                    "shadow scoring")  # fmt: skip
     explore_within: float = Field(0.3, ge=0, lt=1, description="a model-type drafter a request has not run, "
                                   "priced within this fraction of the best model-type drafter's rate, is tried "
-                                  "(explore_rounds), once per request")  # fmt: skip
+                                  "(explore_rounds, or shadow_rounds for a cheap one), once per request")  # fmt: skip
     surprise_z: float = Field(2.0, gt=0, description="a request whose own acceptance of a drafter sits this many "
                               "standard deviations below its class's tries the other model-type drafters it has "
                               "not run (explore_rounds each), once per request, and weighs the class's "
@@ -267,6 +271,9 @@ class AdaptivePolicy:
             raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first "
                              "(`adaptive-spec calibrate`, with --head DIR for a draft head)")  # fmt: skip
         self.model_drafters = names
+        # drafters whose step costs at most shadow_max_cost of a target forward: scored by shadow tokens
+        self.cheap_drafters = {n for n in names if cost.draft_s(1, 256, 1, n) <= self.config.shadow_max_cost
+                               * cost.plain_step_s(256)}  # fmt: skip
         measured_alpha = measured_alpha or {}
         self.measured_alpha = {name: _checked_alpha(name, by_class) for name, by_class in measured_alpha.items()}
         self._pooled: dict[str, tuple[float, tuple[float, float, float] | None]] = {}
@@ -329,7 +336,7 @@ class _ModelDrafter:
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
                  "sibling_accepted", "sibling_verified", "explore_left", "probe", "shadow_left", "shadow_hits",
-                 "shadow_tried", "shadow_k")
+                 "shadow_tried", "shadow_k", "class_alpha1", "shadow_base", "rate")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
         self.name, self.decision, self.probe = name, decision, probe
@@ -337,12 +344,17 @@ class _ModelDrafter:
         # the class's side of the blend, fixed for the request: weight x accepted, weight x proposed, weight
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
+        self.rate = 0.0  # expected tokens per second, as priced in the latest round (0: sat out)
         self.true_len = 0  # context tokens this drafter's cache holds
         # this request's siblings with this drafter (when the decision asks for them): accepted, verified
         self.sibling_accepted = self.sibling_verified = 0
         # shadow scoring (a cold, cheap drafter): rounds still to score; hits and tries so far, the class's
         # included, with a pessimistic prior; the chain length its first-position rate is priced at
         self.shadow_left, self.shadow_hits, self.shadow_tried, self.shadow_k = 0, 0.0, 0.0, 0  # k 0: not scored
+        # the class's first-position acceptance of this drafter (what a shadow token measures), and, while a
+        # drafter the class knows is scored in this request, the class side its shadow hits rescale
+        self.class_alpha1 = 0.0
+        self.shadow_base: tuple[float, float] | None = None
 
 
 class AdaptiveSession:
@@ -367,13 +379,17 @@ class AdaptiveSession:
         self.extend = extend = config.lookup_extension if self.use_lookup else 0
         # the class's side of every blend is fixed for the request (read once): weighted sums, computed once
         self.sibling_below = siblings = config.sibling_below if self.mode != "off" and not request.do_sample else 0.0
+        # cheap drafters are scored by shadow tokens (greedy only: the engine takes no shadow under sampling)
+        self.shadowable = (set() if request.do_sample or self.mode == "off" or not config.shadow_rounds
+                           else policy.cheap_drafters)  # fmt: skip
         self.models = {}
         for d in self.drafters:
             knobs = self.settings.for_drafter(d)
             probe = Decision(d, min(config.probe_k, cap), knobs.threshold, extend, siblings)
-            side, source = self._class_side(d, est.estimate(request_class, d))
+            side, source, alpha1 = self._class_side(d, est.estimate(request_class, d))
             model = _ModelDrafter(d, Decision(d, min(knobs.max_k, cap), knobs.threshold, extend, siblings), side, probe)
-            shadowed = source == "unseen" and not request.do_sample and self._start_shadow(model, probe.k)
+            model.class_alpha1 = alpha1
+            shadowed = source == "unseen" and self._start_shadow(model, probe.k)
             if source == "unseen" and not shadowed:
                 model.explore_left = config.explore_rounds
             self.models[d] = model
@@ -394,7 +410,9 @@ class AdaptiveSession:
         self.lookup_min_ngram = self.settings.lookup_min_ngram
         self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
         self.catchup_amortize, self.refresh_tokens = config.catchup_amortize, config.refresh_tokens
-        self.explore_within = config.explore_within if len(self.models) > 1 and config.explore_rounds else 0.0
+        self.generic_prior_weight, self.probe_every = config.generic_prior_weight, config.probe_every
+        self.explore_within = (config.explore_within if len(self.models) > 1 and (config.explore_rounds or self.shadowable)
+                               else 0.0)  # fmt: skip
         self.checked_prompt = True
         if self.use_lookup:  # the class's side of every kind of lookup proposal, read now rather than mid-request
             kinds = range(self.lookup.min_ngram, self.lookup.max_ngram + 1)
@@ -439,23 +457,24 @@ class AdaptiveSession:
                 if rate > best_rate:
                     best_rate, best, best_key = rate, _LOOKUP_DECISIONS[k], key
 
-        # model-type drafters, each switched on/off with hysteresis (one still being shadow-scored sits out)
+        # model-type drafters, each switched on/off with hysteresis (one the class does not know sits out while
+        # shadow tokens score it: its price is a guess)
         for model in self.models.values():
-            if model.shadow_left and not forced:
-                model.on = False
+            if model.shadow_left and model.shadow_base is None and not forced:
+                model.on, model.rate = False, 0.0
                 continue
-            rate = self._model_rate(model, context_len, state.remaining)
+            model.rate = rate = self._model_rate(model, context_len, state.remaining)
             model.on = on = forced or rate > plain_rate * (self.keep_on if model.on else self.turn_on)
             if on and rate > best_rate:
                 best_rate, best, best_key = rate, model.decision, model.name
         if best_key in self.models and self.explore_within:
-            self._explore_close(best_key, best_rate, context_len, state.remaining)
+            self._explore_close(best_key, best_rate)
         for model in self.models.values():
             if model.explore_left and best_key != model.name:  # measure it here before trusting a guess
                 return model.probe, model.name
             if model.shadow_left and best_key != model.name:  # ... or score its first token beside this round
                 return self._with_shadow(best, model.name), best_key
-        if (best_key == NO_DRAFTER and self.drafters and self.plain_since_model >= self.config.probe_every
+        if (best_key == NO_DRAFTER and self.drafters and self.plain_since_model >= self.probe_every
                 and not any(m.on for m in self.models.values())):  # fmt: skip
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
@@ -475,9 +494,8 @@ class AdaptiveSession:
         """A cold drafter cheap enough is scored by shadow tokens rather than drafted with (True), from the class's
         tally so far; once the class has ``shadow_rounds`` of them, it starts from that tally alone. Greedy requests
         only (the engine takes no shadow under sampling)."""
-        config, cost = self.config, self.policy.cost
-        step = cost.draft_s(1, 256, 1, model.name) / cost.plain_step_s(256)
-        if not config.shadow_rounds or step > config.shadow_max_cost or self.mode == "off":
+        config = self.config
+        if model.name not in self.shadowable:
             return False
         tally = self.policy.estimator.estimate(self.request_class, shadow_key(model.name))
         prior = 2.0  # pseudo-tries at prior_unseen_accept
@@ -491,11 +509,31 @@ class AdaptiveSession:
 
     def _price_from_shadows(self, model: _ModelDrafter) -> None:
         """The class's side of a drafter known only by shadow tokens: a ``shadow_k``-token chain at their hit rate,
-        weighted as a guess."""
-        accepted, proposed = chain_round((model.shadow_hits / model.shadow_tried,), model.shadow_k)
+        weighted as a guess. For a drafter the class knows (``shadow_base``), the class's rounds rescaled by how
+        this request's shadow hits compare with the class's first-position acceptance."""
+        rate = model.shadow_hits / model.shadow_tried
+        if model.shadow_base is not None:
+            accepted, proposed = model.shadow_base
+            model.class_accepted = min(accepted * rate / model.class_alpha1, proposed)
+            return
+        accepted, proposed = chain_round((rate,), model.shadow_k)
         model.class_accepted, model.class_proposed = model.weight * accepted, model.weight * proposed
 
-    def _explore_close(self, best: str, best_rate: float, context_len: int, remaining: int) -> None:
+    def _try_in_request(self, model: _ModelDrafter) -> None:
+        """Measure ``model`` on this request before trusting the class's estimate of it: a cheap drafter by
+        ``shadow_rounds`` shadow tokens beside the rounds the others serve (it costs a fraction of drafting with
+        it, and no catch-up for the drafter it would displace), any other by ``explore_rounds`` rounds drafted
+        with it."""
+        if model.name in self.shadowable and model.class_alpha1 > 0:
+            model.shadow_base = (model.class_accepted, model.class_proposed)
+            model.shadow_k = model.probe.k
+            prior = self.config.generic_prior_weight  # pseudo-tries at the class's first-position acceptance
+            model.shadow_hits, model.shadow_tried = prior * model.class_alpha1, prior
+            model.shadow_left = self.config.shadow_rounds
+        else:
+            model.explore_left = max(model.explore_left, self.config.explore_rounds)
+
+    def _explore_close(self, best: str, best_rate: float) -> None:
         """Another model-type drafter this request has not run, priced within ``explore_within`` of the best one,
         is tried (``explore_rounds``, once per request): classes mix requests whose acceptance differs by far more
         than that margin, and only a request's own rounds tell which drafter suits it."""
@@ -503,27 +541,47 @@ class AdaptiveSession:
             # already being tried (explore_left) or scored (shadows), or already run in this request: nothing to decide
             if model.name == best or model.explore_left or model.shadow_k or model.name in self.requests.by_drafter:
                 continue
-            if self._model_rate(model, context_len, remaining) >= best_rate * (1 - self.explore_within):
-                model.explore_left = self.config.explore_rounds
+            if model.rate >= best_rate * (1 - self.explore_within):
+                self._try_in_request(model)
 
-    def _class_side(self, name: str, estimate: Estimate) -> tuple[tuple[float, float, float], str]:
-        """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds, and
-        where it came from (also in the report's ``class_side``); from
-        the first that exists: the class's rounds with this drafter, the class's profiled prior for it, the
-        acceptance measured when the drafter was trained (``measured_alpha``: for this class, else the pessimistic
-        ``prior_unseen_accept``, then ``explore_rounds`` tries), the drafter's rounds in all classes (a head or
-        custom draft new to this class is priced by how it did elsewhere, not by a generic guess), the generic
-        prior. Measured rounds count as at most ``prior_weight``; guesses as ``generic_prior_weight``."""
+    def _class_side(self, name: str, estimate: Estimate) -> tuple[tuple[float, float, float], str, float]:
+        """(weight x accepted, weight x proposed, weight) per round, to blend with this request's own rounds,
+        where it came from (also in the report's ``class_side``) and its first-position acceptance.
+
+        The class's rounds with this drafter, counting as at most ``prior_weight`` rounds (fewer where its
+        requests disagree: ``weigh_by_spread``); while they are fewer than ``prior_weight``, shrunk towards what
+        the drafter was expected to do without them (``_prior_side``, as ``generic_prior_weight`` rounds): a few
+        rounds of one request must not settle a class's estimate for good, since a drafter priced below the others
+        is not run again there. No rounds: that prior alone."""
         cap = self.config.prior_weight
+        source, weight, accepted, proposed, alpha1 = self._prior_side(name)
         if estimate.rounds > 0:
-            source, weight = "class", min(estimate.rounds, cap)
-            accepted, proposed = estimate.accepted_tokens / estimate.rounds, estimate.draft_tokens / estimate.rounds
+            rounds = estimate.rounds
+            mean_accepted, mean_proposed = estimate.accepted_tokens / rounds, estimate.draft_tokens / rounds
+            class_alpha1 = estimate.positions[0].mean if estimate.tried[0] > 0 else mean_accepted / mean_proposed
+            shrink = self.config.generic_prior_weight if rounds < cap else 0.0
+            source, n = "class", rounds + shrink
+            accepted = (rounds * mean_accepted + shrink * accepted) / n
+            proposed = (rounds * mean_proposed + shrink * proposed) / n
+            alpha1 = (rounds * class_alpha1 + shrink * alpha1) / n
+            weight = min(n, cap)
             if self.config.weigh_by_spread and proposed > 0:
                 strength = estimate.request_strength(self.config.spread_min_requests)  # in draft tokens
                 if strength is not None and strength / proposed < weight:
                     weight = max(strength / proposed, 1.0)
                     self.report.extra.setdefault("class_weight", {})[name] = round(weight, 2)
-        elif profiled := self.profiled_prior(name):
+        self.report.extra.setdefault("class_side", {})[name] = source
+        return (weight * accepted, weight * proposed, weight), source, alpha1
+
+    def _prior_side(self, name: str) -> tuple[str, float, float, float, float]:
+        """What a drafter is expected to do in this class before the class has rounds of it: (source, weight,
+        accepted, proposed, first-position acceptance), from the first that exists: the class's profiled prior,
+        the acceptance measured when the drafter was trained (``measured_alpha``: for this class, else the
+        pessimistic ``prior_unseen_accept``, then explored), the drafter's rounds in all classes (a head or custom
+        draft new to this class is priced by how it did elsewhere, not by a generic guess), the generic prior.
+        Measured rounds count as at most ``prior_weight``; guesses as ``generic_prior_weight``."""
+        cap, alpha1 = self.config.prior_weight, None
+        if profiled := self.profiled_prior(name):
             (source, weight), (accepted, proposed) = ("profiled", cap), profiled
         elif (measured := self.policy.measured_alpha.get(name)) is not None:
             # measured when it was trained, on its own traffic: a class there starts from that, any other from a
@@ -531,7 +589,9 @@ class AdaptiveSession:
             alphas = measured.get(self.request_class)
             source = "measured" if alphas is not None else "unseen"
             k = min(self.settings.for_drafter(name).max_k, self.max_k or 64)
-            accepted, proposed = chain_round(alphas or (self.config.prior_unseen_accept,), k)
+            alphas = alphas or (self.config.prior_unseen_accept,)
+            accepted, proposed = chain_round(alphas, k)
+            alpha1 = alphas[0]
             weight = min(self.config.generic_prior_weight, cap)
         elif pooled := self.policy.pooled(name):
             rounds, total_accepted, total_drafted = pooled
@@ -539,8 +599,9 @@ class AdaptiveSession:
         else:
             source, weight = "generic", min(self.config.generic_prior_weight, cap)
             accepted, proposed = self.config.prior_model_accepted, self.config.prior_model_proposed
-        self.report.extra.setdefault("class_side", {})[name] = source
-        return (weight * accepted, weight * proposed, weight), source
+        if alpha1 is None:  # no per-position counts: the per-token acceptance stands in
+            alpha1 = accepted / proposed if proposed else 0.0
+        return source, weight, accepted, proposed, alpha1
 
     def _model_rate(self, model: _ModelDrafter, context_len: int, remaining: int) -> float:
         """Expected tokens per second of a round with this drafter: class and request blended; a catch-up spread
@@ -557,7 +618,7 @@ class AdaptiveSession:
         # siblings (none unless the decision asks for them): what this request's rounds found, shrunk towards none
         # (a prior of 0.15 accepted per round, or more, replayed worse on the 52 committed traces: the gain is small
         # and varies by request)
-        shrink = self.config.generic_prior_weight + rounds
+        shrink = self.generic_prior_weight + rounds
         gain, width = model.sibling_accepted / shrink, model.sibling_verified / shrink
         tokens = accepted + 1.0 + gain
         amortize = min(max(remaining / tokens, 1.0), self.catchup_amortize)
@@ -688,7 +749,7 @@ class AdaptiveSession:
                 model.class_accepted * scale, model.class_proposed * scale, model.weight * scale)
             for other in self.models.values():  # (one scored by shadow tokens in this request is judged by them)
                 if other is not model and other.name not in self.requests.by_drafter and not other.shadow_k:
-                    other.explore_left = max(other.explore_left, self.config.explore_rounds)
+                    self._try_in_request(other)
             self.report.extra["surprise"] = {"drafter": model.name, "round": self.report.rounds, "z": round(z, 2)}
 
     def finish(self) -> RequestReport:
