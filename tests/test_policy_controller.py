@@ -739,3 +739,33 @@ def test_siblings_are_priced_from_the_requests_own_rounds():
     fresh = p.start(RequestInfo(request_class="code"))
     fresh.decide(state())
     assert rate(fresh) != rate(unpriced)
+
+
+def test_a_drafter_that_loses_is_not_repriced_until_something_it_depends_on_changes():
+    """Decisions sit between target forwards, where every object touched is a cache miss: a model-type drafter
+    priced below the best choice, that has not run since, only got dearer (its catch-up grew, fewer rounds are
+    left to spread it over), so its rate is not recomputed; its own round, a shadow token or new round costs
+    (context growth) re-price it."""
+    both = ClassSettings(model=DraftSettings(max_k=4), drafters={"head": DraftSettings(max_k=4)})
+    config = ControllerConfig(default=both, explore_within=0.0, refresh_tokens=64)
+    p = AdaptivePolicy(with_cheap_head(), AlphaEstimator(pair_id="test"), config)
+    for _ in range(40):
+        p.estimator.observe("math", head_round(4, 0))  # loses to the draft
+        p.estimator.observe("math", model_round(4, 4))
+    session = p.start(RequestInfo(request_class="math"))
+    priced = []
+    full_price = session._model_rate
+    session._model_rate = lambda model, *args: priced.append(model.name) or full_price(model, *args)
+
+    assert session.decide(state(100)).drafter == "model" and priced == ["model", "head"]
+    session.on_round(model_round(4, 4))
+    priced.clear()
+    assert session.decide(state(105)).drafter == "model" and priced == ["model"]  # the head only got dearer
+    session.on_round(head_round(4, 0))
+    priced.clear()
+    session.decide(state(110))
+    assert priced == ["model", "head"]  # its own round changed the head's price
+    session.on_round(model_round(4, 4))
+    priced.clear()
+    session.decide(state(180))  # the context grew past refresh_tokens: new round costs, everything re-priced
+    assert priced == ["model", "head"]

@@ -336,7 +336,8 @@ class _ModelDrafter:
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
                  "sibling_accepted", "sibling_verified", "explore_left", "probe", "shadow_left", "shadow_hits",
-                 "shadow_tried", "shadow_k", "class_alpha1", "shadow_base", "rate")
+                 "shadow_tried", "shadow_k", "class_alpha1", "shadow_base", "rate",
+                 "priced_with")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
         self.name, self.decision, self.probe = name, decision, probe
@@ -345,6 +346,10 @@ class _ModelDrafter:
         self.class_accepted, self.class_proposed, self.weight = class_side
         self.on = True
         self.rate = 0.0  # expected tokens per second, as priced in the latest round (0: sat out)
+        # the round costs ``rate`` was priced with, while nothing it depends on but the context has changed since
+        # (None: re-price); a drafter that does not run only gets dearer (its catch-up grows, fewer rounds are
+        # left to spread it over), so a rate below the best so far need not be recomputed to know it loses
+        self.priced_with: _RoundCosts | None = None
         self.true_len = 0  # context tokens this drafter's cache holds
         # this request's siblings with this drafter (when the decision asks for them): accepted, verified
         self.sibling_accepted = self.sibling_verified = 0
@@ -463,7 +468,11 @@ class AdaptiveSession:
             if model.shadow_left and model.shadow_base is None and not forced:
                 model.on, model.rate = False, 0.0
                 continue
-            model.rate = rate = self._model_rate(model, context_len, state.remaining)
+            if model.priced_with is costs and model.rate < best_rate:  # only got dearer since: it loses again
+                rate = model.rate  # (an upper bound: it stays on no longer than the hysteresis would keep it)
+            else:
+                model.rate = rate = self._model_rate(model, context_len, state.remaining)
+                model.priced_with = costs
             model.on = on = forced or rate > plain_rate * (self.keep_on if model.on else self.turn_on)
             if on and rate > best_rate:
                 best_rate, best, best_key = rate, model.decision, model.name
@@ -511,6 +520,7 @@ class AdaptiveSession:
         """The class's side of a drafter known only by shadow tokens: a ``shadow_k``-token chain at their hit rate,
         weighted as a guess. For a drafter the class knows (``shadow_base``), the class's rounds rescaled by how
         this request's shadow hits compare with the class's first-position acceptance."""
+        model.priced_with = None
         rate = model.shadow_hits / model.shadow_tried
         if model.shadow_base is not None:
             accepted, proposed = model.shadow_base
@@ -683,6 +693,7 @@ class AdaptiveSession:
             self.last_lookup_full = False
         model = self.models.get(record.drafter)
         if model is not None:
+            model.priced_with = None
             self.plain_since_model = 0
             model.explore_left = max(model.explore_left - 1, 0)
             model.true_len = record.context_len + min(record.proposed - 1, record.accepted)
@@ -747,6 +758,7 @@ class AdaptiveSession:
             scale = min(model.weight, self.config.generic_prior_weight) / model.weight
             model.class_accepted, model.class_proposed, model.weight = (
                 model.class_accepted * scale, model.class_proposed * scale, model.weight * scale)
+            model.priced_with = None
             for other in self.models.values():  # (one scored by shadow tokens in this request is judged by them)
                 if other is not model and other.name not in self.requests.by_drafter and not other.shadow_k:
                     self._try_in_request(other)
