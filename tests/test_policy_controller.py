@@ -514,6 +514,21 @@ def test_a_request_far_below_its_class_tries_the_other_drafters():
     assert "surprise" not in session.report.extra
 
 
+def drive(session, rounds: int, head_accepts: int, model_accepts: int, shadow_hit: int = 0) -> list[str]:
+    """``rounds`` decisions, each fed the round it asked for (the head's or the draft's leading proposals accepted
+    up to the given count, a shadow token hitting per ``shadow_hit``): "drafter" or "drafter+shadow" per round."""
+    out = []
+    for _ in range(rounds):
+        d = session.decide(state())
+        out.append(d.drafter + (f"+{d.shadow}" if d.shadow else ""))
+        if d.drafter == "head":
+            record = head_round(d.k, min(head_accepts, d.k))
+        else:
+            record = model_round(d.k, min(model_accepts, d.k))
+        session.on_round(dataclasses.replace(record, shadow=d.shadow, shadow_hit=shadow_hit if d.shadow else 0))
+    return out
+
+
 def test_a_drafter_priced_close_to_the_best_is_tried_once_per_request():
     """The class prices the head a little above the model draft: with ``explore_within`` a request tries the
     draft (``explore_rounds`` probes, once) and keeps it where its own rounds are accepted in full, returns to the
@@ -529,17 +544,7 @@ def test_a_drafter_priced_close_to_the_best_is_tried_once_per_request():
         for _ in range(40):
             p.estimator.observe("math", head_round(4, 1))
             p.estimator.observe("math", model_round(4, 3))  # priced at 0.92 of the head
-        session = p.start(RequestInfo(request_class="math"))
-        out = []
-        for _ in range(10):
-            d = session.decide(state())
-            out.append(d.drafter + (f"+{d.shadow}" if d.shadow else ""))
-            if d.drafter == "head":
-                session.on_round(head_round(d.k, min(1, d.k)))
-            else:
-                record = model_round(d.k, d.k if model_accepts else 0)
-                session.on_round(dataclasses.replace(record, shadow=d.shadow))  # a shadow that misses
-        return out
+        return drive(p.start(RequestInfo(request_class="math")), 10, head_accepts=1, model_accepts=4 * model_accepts)
 
     assert drafters_of(0.0, True) == ["head"] * 10
     assert drafters_of(0.05, True) == ["head"] * 10
@@ -566,16 +571,7 @@ def test_a_cheap_drafter_priced_close_to_the_best_is_scored_in_the_request_by_sh
             p.estimator.observe("math", head_round(4, 2 if i % 5 < 2 else 0))
             p.estimator.observe("math", model_round(4, 3))
         session = p.start(RequestInfo(request_class="math", do_sample=do_sample))
-        out = []
-        for _ in range(10):
-            d = session.decide(state())
-            out.append(d.drafter + (f"+{d.shadow}" if d.shadow else ""))
-            if d.drafter == "head":
-                session.on_round(head_round(d.k, min(2, d.k)))
-            else:
-                record = model_round(d.k, 3)
-                session.on_round(dataclasses.replace(record, shadow=d.shadow, shadow_hit=hits if d.shadow else 0))
-        return out
+        return drive(session, 10, head_accepts=2, model_accepts=3, shadow_hit=hits)
 
     if hits:  # priced above the draft after its first hit: drafted with from then on
         assert run() == ["model+head"] + ["head"] * 9
