@@ -14,9 +14,10 @@ Per round it compares, at the current context length (costs from the calibrated 
   time), from this request's rounds with that drafter blended with the class's (the class counts as at most
   ``prior_weight`` rounds, so a request unlike its class moves away fast, and at most as many as its requests
   agree: ``weigh_by_spread``, the strength of the spread between the class's requests; a class with fewer rounds
-  of a drafter than that is shrunk towards its prior, and a class with none starts from its profiled prior, else from the acceptance measured when the drafter was trained (a head's
-  held-out chain; a class its training traffic lacked starts pessimistic and is explored for a few rounds), else
-  from the drafter's rounds in other classes, else a generic prior); with
+  of a drafter than that is shrunk towards its prior, and a class with none starts from its profiled prior, else
+  from the acceptance measured when the drafter was trained (a head's held-out chain; a class its training traffic
+  lacked starts pessimistic and is explored for a few rounds), else from the drafter's rounds in other classes,
+  else a generic prior); with
   ``sibling_below`` set (greedy requests), plus the siblings this request's rounds got accepted, the verify
   widened by the siblings they verified;
 - prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
@@ -336,8 +337,7 @@ class _ModelDrafter:
 
     __slots__ = ("name", "decision", "class_accepted", "class_proposed", "weight", "on", "true_len",
                  "sibling_accepted", "sibling_verified", "explore_left", "probe", "shadow_left", "shadow_hits",
-                 "shadow_tried", "shadow_k", "class_alpha1", "shadow_base", "rate",
-                 "priced_with")
+                 "shadow_tried", "shadow_k", "class_alpha1", "shadow_base", "rate", "priced_with")
 
     def __init__(self, name: str, decision: Decision, class_side: tuple[float, float, float], probe: Decision):
         self.name, self.decision, self.probe = name, decision, probe
@@ -416,8 +416,8 @@ class AdaptiveSession:
         self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
         self.catchup_amortize, self.refresh_tokens = config.catchup_amortize, config.refresh_tokens
         self.generic_prior_weight, self.probe_every = config.generic_prior_weight, config.probe_every
-        self.explore_within = (config.explore_within if len(self.models) > 1 and (config.explore_rounds or self.shadowable)
-                               else 0.0)  # fmt: skip
+        tries = config.explore_rounds or self.shadowable  # a drafter can be tried by rounds or by shadows
+        self.explore_within = config.explore_within if len(self.models) > 1 and tries else 0.0
         self.checked_prompt = True
         if self.use_lookup:  # the class's side of every kind of lookup proposal, read now rather than mid-request
             kinds = range(self.lookup.min_ngram, self.lookup.max_ngram + 1)
@@ -563,10 +563,12 @@ class AdaptiveSession:
         the drafter was expected to do without them (``_prior_side``, as ``generic_prior_weight`` rounds): a few
         rounds of one request must not settle a class's estimate for good, since a drafter priced below the others
         is not run again there. No rounds: that prior alone."""
-        cap = self.config.prior_weight
-        source, weight, accepted, proposed, alpha1 = self._prior_side(name)
-        if estimate.rounds > 0:
-            rounds = estimate.rounds
+        cap, rounds = self.config.prior_weight, estimate.rounds
+        if rounds >= cap:  # enough of the class's own: no prior (nor its store scan, for a pooled one)
+            source, weight, accepted, proposed, alpha1 = "class", 0.0, 0.0, 0.0, 0.0
+        else:
+            source, weight, accepted, proposed, alpha1 = self._prior_side(name)
+        if rounds > 0:
             mean_accepted, mean_proposed = estimate.accepted_tokens / rounds, estimate.draft_tokens / rounds
             class_alpha1 = estimate.positions[0].mean if estimate.tried[0] > 0 else mean_accepted / mean_proposed
             shrink = self.config.generic_prior_weight if rounds < cap else 0.0
