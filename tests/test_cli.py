@@ -38,6 +38,12 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) <= 2 and message in result.output  # rich may wrap one long line
 
 
+@pytest.mark.parametrize("command", [["generate", "hi"], ["calibrate"], ["demo"], ["profile", str(SMALL_TRACES)]])
+def test_an_unknown_draft_quantization_is_refused_before_models_load(command):
+    result = runner.invoke(app, command + ["--draft-quantize", "int4"])
+    assert result.exit_code == 2 and "'int4': choose from none, int8" in result.output
+
+
 def test_train_policy_on_small_traces(tmp_path):
     out = tmp_path / "policy.json"
     result = runner.invoke(app, ["train-policy", str(SMALL_TRACES), "--out", str(out),

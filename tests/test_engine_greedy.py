@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -17,6 +18,7 @@ from adaptive_spec.engine import (
     StopRule,
     fixed,
 )
+from adaptive_spec.models import ModelLoadError, load_pair, quantize_draft
 from tests.tiny import noisy_copy
 
 PROMPTS = [
@@ -290,3 +292,23 @@ def test_mismatched_tokenizers_are_refused():
     check_compatible(tok(["a", "b", "c"]), tok(["a", "b", "c"]))
     with pytest.raises(ModelLoadError, match="tokenizers differ"):
         check_compatible(tok(["a", "b", "c"]), tok(["a", "c", "b"]))
+
+
+def test_an_int8_draft_is_lossless(pair):
+    """A draft with int8 linear layers (``quantize_draft``: cheaper on CPU, slightly different proposals) drafts
+    for a float32 target: output identical to the target's greedy decoding, and its proposals still accepted."""
+    target, draft = pair
+    quantized = quantize_draft(copy.deepcopy(draft))
+    assert isinstance(quantized.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    engine = SpeculativeEngine(target, [ModelDrafter(quantized)])
+    for prompt, k in itertools.product(PROMPTS, [2, 4]):
+        out = engine.generate(torch.tensor(prompt), fixed("model", k), stop=StopRule(40))
+        assert out.sequences[0].tolist() == reference(target, prompt, 40, eos=-1)
+        assert 0 < out.accepted < out.proposed
+
+
+def test_draft_quantization_is_refused_where_it_cannot_run(pair):
+    with pytest.raises(ModelLoadError, match="CPU only"):
+        quantize_draft(copy.deepcopy(pair[1]).to("meta"))
+    with pytest.raises(ModelLoadError, match="unknown draft quantization 'int4'"):
+        load_pair(draft_quantize="int4")  # refused before anything is fetched or loaded

@@ -5,6 +5,7 @@ The drafts deliberately disagree with the target, so rejections and residual dra
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import Counter
 
@@ -26,6 +27,7 @@ from adaptive_spec.engine import (
 )
 from adaptive_spec.engine.accept import accept_sampled
 from adaptive_spec.engine.sampling import distribution
+from adaptive_spec.models import quantize_draft
 from tests.tiny import tiny_model
 
 VOCAB = 8
@@ -158,3 +160,16 @@ def test_a_generator_on_another_device_type_is_refused_up_front():
         _check_generator(torch.Generator(), torch.device("cuda"))
     _check_generator(torch.Generator(), torch.device("cpu"))
     _check_generator(None, torch.device("cuda"))
+
+
+@pytest.mark.slow
+def test_an_int8_draft_keeps_the_target_distribution(models):
+    """A draft with int8 weights (``quantize_draft``) proposes from its own, slightly different, distribution; the
+    rejection step corrects for whatever q the draft used, so samples still follow the target's."""
+    target, draft = models
+    params = SamplingParams(do_sample=True, temperature=0.9)
+    expected = exact_joint(target, PROMPT, params)
+    counts, proposed, accepted = run_engine(target, quantize_draft(copy.deepcopy(draft)), fixed("model", 3), params, 99)
+    assert 0 < accepted < proposed
+    p = chi_square_pvalue(counts, expected, SAMPLES)
+    assert p > 1e-3, f"int8 draft: samples differ from the target's distribution (p={p:.2e})"

@@ -29,6 +29,14 @@ def _switching(state, it=itertools.cycle(
     return next(it)
 
 
+def target_greedy(pair, ids: torch.Tensor) -> list[int]:
+    """The target's own greedy output (``generate``), prompt included: what speculation must reproduce."""
+    return pair.target.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
+        pad_token_id=pair.tokenizer.pad_token_id,
+    )[0].tolist()  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def fp32():
     pair = real_pair.load("float32")
@@ -40,10 +48,7 @@ def fp32():
 def test_greedy_equals_target_generate_fp32(fp32, question):
     pair, engine = fp32
     ids = chat_ids(pair.tokenizer, question["turns"][0])
-    expected = pair.target.generate(
-        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
-        pad_token_id=pair.tokenizer.pad_token_id,
-    )[0].tolist()  # fmt: skip
+    expected = target_greedy(pair, ids)
     stop = StopRule(NEW, eos_ids(pair.tokenizer, pair.target))
     for name, decide in [("model k=4", fixed("model", 4)), ("lookup k=6", fixed("lookup", 6)),
                          ("switching", _switching)]:  # fmt: skip
@@ -85,12 +90,28 @@ def test_committed_head_drafts_losslessly_for_its_target_only(fp32):
     attach_saved_head(engine, directory)
     question = real_pair.spec_bench(["coding"])[0]
     ids = chat_ids(pair.tokenizer, question["turns"][0])
-    expected = pair.target.generate(
-        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
-        pad_token_id=pair.tokenizer.pad_token_id,
-    )[0].tolist()  # fmt: skip
+    expected = target_greedy(pair, ids)
     out = engine.generate(ids, fixed("head", 4), stop=StopRule(NEW, eos_ids(pair.tokenizer, pair.target)))
     assert out.sequences[0].tolist() == expected
     assert out.accepted > 0  # it is a trained head, not noise
     with pytest.raises(HeadError, match="another target"):
         load_head(directory, pair.draft)
+
+
+def test_int8_draft_keeps_greedy_output_and_names_its_pair(fp32):
+    """The 0.5B draft with int8 linear layers drafts for the float32 target: identical greedy output, most of its
+    proposals accepted; loaded that way, the pair carries its own id (a bfloat16 draft's policy must not price it)."""
+    import copy
+
+    from adaptive_spec.engine import ModelDrafter
+    from adaptive_spec.models import load_pair, quantize_draft
+
+    pair, _ = fp32
+    engine = SpeculativeEngine(pair.target, [ModelDrafter(quantize_draft(copy.deepcopy(pair.draft)))])
+    question = real_pair.spec_bench(["coding"])[0]
+    ids = chat_ids(pair.tokenizer, question["turns"][0])
+    expected = target_greedy(pair, ids)
+    out = engine.generate(ids, fixed("model", 4), stop=StopRule(NEW, eos_ids(pair.tokenizer, pair.target)))
+    assert out.sequences[0].tolist() == expected
+    assert out.accepted > out.proposed / 2
+    assert load_pair(dtype="bfloat16", draft_quantize="int8").pair_id == "qwen2.5-coder+int8-draft"

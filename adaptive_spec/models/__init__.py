@@ -2,6 +2,7 @@
 
 from .fetch import FetchError, fetch_pair, fetch_series
 from .load import (
+    DRAFT_QUANTIZATIONS,
     LoadedPair,
     ModelLoadError,
     check_compatible,
@@ -9,11 +10,13 @@ from .load import (
     load_model,
     load_pair,
     load_tokenizer,
+    quantize_draft,
 )
 from .pairs import DEFAULT_PAIR, PAIRS, ModelPair, WheelSeries, get_pair
 
 __all__ = [
     "DEFAULT_PAIR",
+    "DRAFT_QUANTIZATIONS",
     "PAIRS",
     "FetchError",
     "LoadedPair",
@@ -28,4 +31,5 @@ __all__ = [
     "load_model",
     "load_pair",
     "load_tokenizer",
+    "quantize_draft",
 ]
