@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -29,6 +27,8 @@ from adaptive_spec.models import configure_threads, load_pair, quantize_draft
 from adaptive_spec.policy.calibrate import hardware
 from adaptive_spec.prompts import chat_ids
 from adaptive_spec.runtime import eos_ids
+from adaptive_spec.traces.profile import select
+from adaptive_spec.traces.workload import read_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_BENCH = ROOT.parent / "shared" / "data" / "spec_bench_questions.jsonl"
@@ -47,15 +47,6 @@ def step_ms(model, context: int = 200, steps: int = 12) -> float:
             times.append(time.perf_counter() - start)
             token = logits[:, -1:].argmax(-1)
     return sorted(times)[len(times) // 2] * 1e3
-
-
-def questions(per_category: int) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
-    taken = defaultdict(list)
-    for row in rows:
-        if len(taken[row["category"]]) < per_category:
-            taken[row["category"]].append(row["turns"][0])
-    return [(cls, text) for cls, texts in taken.items() for text in texts]
 
 
 def summary(runs: list[dict], configs: list[str]) -> dict:
@@ -124,9 +115,10 @@ def main() -> None:
         configs[f"{precision} k={k}"] = (engines[precision], fixed("model", k))
     stop = StopRule(args.max_new_tokens, eos_ids(pair.tokenizer, pair.target))
     runs = []
-    prompts = questions(args.per_category)
-    for i, (cls, text) in enumerate(prompts, 1):
-        ids = chat_ids(pair.tokenizer, text)
+    prompts = select(read_workload(SPEC_BENCH).rows, per_class=args.per_category)
+    for i, row in enumerate(prompts, 1):
+        cls = row.request_class
+        ids = chat_ids(pair.tokenizer, row.prompt)
         run, reference = {"class": cls}, None
         for name, (engine, decide) in configs.items():
             out = engine.generate(ids, decide, stop=stop)
