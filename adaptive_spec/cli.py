@@ -237,14 +237,18 @@ def calibrate(
     dtype: DtypeOpt = "bfloat16",
     threads: ThreadsOpt = None,
     draft_quantize: DraftQuantOpt = "none",
+    seed_policy: Annotated[Optional[Path], typer.Option(help="when --out does not exist yet: start from this policy's "
+                           "controller, estimator and classifier (e.g. the bf16 draft's, for --draft-quantize int8)")] = None,
 ) -> None:
     """Measure forward costs on this machine and store them in a policy file (other sections are kept)."""
     from rich.table import Table
 
-    from .policy.file import PolicyFile, default_policy_path, load_policy_file
+    from .policy.file import calibrated_policy, default_policy_path, load_policy_file
     from .traces.format import atomic_write_text
 
     with user_errors():
+        if seed_policy is not None:
+            load_policy_file(seed_policy)  # a bad seed fails here, before minutes of measurement
         if head is not None and not (head / "head_config.json").is_file():
             raise UserError(f"--head {head}: no draft head there (head_config.json not found)")
         if custom_draft is not None and not (custom_draft / "draft_config.json").is_file():
@@ -254,11 +258,7 @@ def calibrate(
                           {"custom": custom_draft} if custom_draft else None)  # fmt: skip
         device = "cuda" if cost.hardware.startswith("cuda") else "cpu"
         path = out or default_policy_path(loaded.pair_id, device)
-        if path.is_file():
-            policy = load_policy_file(path, loaded.pair_id).model_copy(update={"cost": cost})
-        else:
-            policy = PolicyFile(name=path.stem, pair_id=loaded.pair_id, cost=cost,
-                                description="calibrated cost model, default controller settings")  # fmt: skip
+        policy = calibrated_policy(path, loaded.pair_id, cost, seed_policy)
         atomic_write_text(path, policy.to_json())
     table = Table(title=f"Cost model ({cost.hardware})")
     for col in ("tokens", "target ms (ctx 128)", "draft ms (ctx 128)"):

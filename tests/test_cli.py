@@ -28,6 +28,7 @@ SMALL_TRACES = ROOT / "notebooks" / "data" / "traces_small.jsonl"
         (["train-policy", "missing.jsonl", "--out", "x.json"], "not found"),
         (["calibrate", "--head", "no-such-head-dir"], "no draft head"),
         (["calibrate", "--custom-draft", "no-such-draft-dir"], "no custom draft"),
+        (["calibrate", "--seed-policy", "no-such-policy.json"], "policy file not found"),  # before measuring
         (["profile", str(SMALL_TRACES), "--head", "no-such-head-dir"], "no draft head"),  # before models load
     ],
 )

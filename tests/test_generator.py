@@ -177,6 +177,27 @@ def test_bad_policy_files(tmp_path):
         load_policy_file(tmp_path / "missing.json")
 
 
+def test_calibrated_policy_keeps_the_file_there_else_starts_from_the_seed(tmp_path):
+    """calibrate swaps its measured cost into the policy at --out; a new file starts from --seed-policy (another
+    pair's: a quantized draft reuses the bf16 draft's tuned controller and classifier) or from defaults."""
+    from adaptive_spec.policy.file import ControllerConfig, calibrated_policy
+
+    seed = tiny_policy(prior_weight=9.0)
+    seed_path = tmp_path / "seed.json"
+    seed_path.write_text(seed.to_json())
+    cost = seed.cost.model_copy(update={"pair_id": "tiny+int8-draft", "lookup_s": 0.0002})
+    made = calibrated_policy(tmp_path / "int8.json", "tiny+int8-draft", cost, seed_path)
+    assert made.pair_id == "tiny+int8-draft" and made.cost == cost and made.name == "int8"
+    assert made.controller == seed.controller and made.classifier == seed.classifier
+    assert made.trained_on["seeded_from"] == {"policy": seed.name, "pair_id": "tiny"}
+    (tmp_path / "int8.json").write_text(made.to_json())
+    assert load_policy_file(tmp_path / "int8.json", "tiny+int8-draft") == made  # consistent: it loads back
+    again = calibrated_policy(tmp_path / "int8.json", "tiny+int8-draft", cost.model_copy(update={"lookup_s": 3e-4}))
+    assert again.cost.lookup_s == 3e-4 and again.trained_on == made.trained_on  # the file there wins over any seed
+    plain = calibrated_policy(tmp_path / "new.json", "tiny+int8-draft", cost)
+    assert plain.controller == ControllerConfig() and plain.classifier is None
+
+
 @pytest.mark.parametrize("fixed_policy", ["fixed", "per-class"])
 def test_speculation_off_wins_over_a_fixed_policy(pair, fixed_policy):
     """speculation="off" means plain steps whatever the policy; a fixed policy that ignored it once made a
