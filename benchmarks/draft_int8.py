@@ -4,9 +4,12 @@ On CPU a draft forward streams the model's weights from memory for every token, 
 int8 linear layers halve them. The draft's proposals change a little (acceptance), the output does not (the
 target verifies every token). This measures both: one draft step at context 200 in each precision (and the
 target's), then fixed configurations end to end on Spec-Bench questions (the first N of each category), greedy,
-interleaved per prompt in one process: target-only, and the draft at k = 2 and 4 in each precision.
+interleaved per prompt in one process: target-only, and the draft at k = 2 and 4 in each precision. With
+``--adaptive``, also AdaptiveGenerator in each precision with that pair's committed policy (the int8 draft's:
+``policies/qwen2.5-coder+int8-draft-cpu.json``, from ``adaptive-spec calibrate --draft-quantize int8``), each
+starting from an empty statistics store.
 
-    python benchmarks/draft_int8.py --per-category 1
+    python benchmarks/draft_int8.py --per-category 1 --adaptive
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ from transformers import DynamicCache
 from results_files import write_results
 
 from adaptive_spec.engine import PLAIN_STEP, ModelDrafter, SpeculativeEngine, StopRule, fixed
+from adaptive_spec.generator import AdaptiveGenerator
 from adaptive_spec.models import configure_threads, load_pair, quantize_draft
+from adaptive_spec.policy.file import default_policy_path
 from adaptive_spec.policy.calibrate import hardware
 from adaptive_spec.prompts import chat_ids
 from adaptive_spec.runtime import eos_ids
+from adaptive_spec.stats import MemoryStatsStore
 from adaptive_spec.traces.profile import select
 from adaptive_spec.traces.workload import read_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_BENCH = ROOT.parent / "shared" / "data" / "spec_bench_questions.jsonl"
 KS = (2, 4)
+PAIR_IDS = {"bf16": "qwen2.5-coder", "int8": "qwen2.5-coder+int8-draft"}
 
 
 def step_ms(model, context: int = 200, steps: int = 12) -> float:
@@ -66,6 +73,11 @@ def summary(runs: list[dict], configs: list[str]) -> dict:
             best = max((f"{precision} k={k}" for k in KS), key=lambda n: entry[n]["tok_s"])
             entry[f"best {precision}"] = {"config": best, "speedup": entry[best]["tok_s"] / base}
         entry["int8 / bf16 (best k each)"] = entry["best int8"]["speedup"] / entry["best bf16"]["speedup"]
+        for precision in ("bf16", "int8"):
+            if f"adaptive {precision}" in configs:
+                speedup = entry[f"adaptive {precision}"]["tok_s"] / base
+                entry[f"adaptive {precision}"].update(speedup=speedup,
+                                                      over_best_fixed=speedup / entry[f"best {precision}"]["speedup"])
         out[cls] = entry
     return out
 
@@ -90,6 +102,15 @@ def markdown(doc: dict) -> str:
                      f"({e['best int8']['speedup']:.2f}×) "
                      f"| {e['int8 / bf16 (best k each)']:.2f} | {e['bf16 k=4']['alpha']:.2f} | "
                      f"{e['int8 k=4']['alpha']:.2f} |")  # fmt: skip
+    if any(n.startswith("adaptive") for n in meta["configs"]):
+        lines += ["", "AdaptiveGenerator with each pair's committed policy, from an empty store (speedup over "
+                  "target-only; in brackets, over that precision's best fixed k):", "",
+                  "| class | adaptive bf16 | adaptive int8 | int8 / bf16 |", "|---|---|---|---|"]
+        for cls, e in s.items():
+            bf16, int8 = e["adaptive bf16"], e["adaptive int8"]
+            lines.append(f"| {f'**{cls}**' if cls == 'all' else cls} | {bf16['speedup']:.2f}× "
+                         f"({bf16['over_best_fixed']:.2f}) | {int8['speedup']:.2f}× ({int8['over_best_fixed']:.2f}) "
+                         f"| {int8['speedup'] / bf16['speedup']:.2f} |")  # fmt: skip
     a = s["all"]
     lines += ["", "Outputs identical to target-only decoding (bf16 near-ties flip between 1-token and multi-token "
               "forwards; exactness is a float32 property, tested): "
@@ -102,26 +123,40 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adaptive", action="store_true", help="also AdaptiveGenerator with each pair's policy")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "draft_int8")
     args = parser.parse_args()
+    policies = {precision: default_policy_path(pair_id) for precision, pair_id in PAIR_IDS.items()}
+    if args.adaptive and not all(path.is_file() for path in policies.values()):
+        parser.error(f"--adaptive needs {policies['int8']}: run adaptive-spec calibrate --draft-quantize int8")
     configure_threads(args.threads)
     pair = load_pair(dtype="bfloat16")
     int8 = quantize_draft(copy.deepcopy(pair.draft))
     steps = {"target": step_ms(pair.target, steps=6), "bf16": step_ms(pair.draft), "int8": step_ms(int8)}
     engines = {"bf16": SpeculativeEngine(pair.target, [ModelDrafter(pair.draft)]),
                "int8": SpeculativeEngine(pair.target, [ModelDrafter(int8)])}  # fmt: skip
-    configs = {"target": (engines["bf16"], lambda state: PLAIN_STEP)}
-    for precision, k in ((p, k) for p in engines for k in KS):
-        configs[f"{precision} k={k}"] = (engines[precision], fixed("model", k))
     stop = StopRule(args.max_new_tokens, eos_ids(pair.tokenizer, pair.target))
+
+    def engine_run(engine, decide):
+        return lambda ids, row: engine.generate(ids, decide, stop=stop)
+
+    configs = {"target": engine_run(engines["bf16"], lambda state: PLAIN_STEP)}
+    for precision, k in ((p, k) for p in engines for k in KS):
+        configs[f"{precision} k={k}"] = engine_run(engines[precision], fixed("model", k))
+    if args.adaptive:
+        for precision, draft in (("bf16", pair.draft), ("int8", int8)):
+            gen = AdaptiveGenerator(pair.target, draft, pair.tokenizer, policy=policies[precision],
+                                    store=MemoryStatsStore(), pair_id=PAIR_IDS[precision])  # fmt: skip
+            configs[f"adaptive {precision}"] = lambda ids, row, gen=gen: gen.generate(
+                ids, max_new_tokens=args.max_new_tokens, prompt_text=row.prompt).result  # fmt: skip
     runs = []
     prompts = select(read_workload(SPEC_BENCH).rows, per_class=args.per_category)
     for i, row in enumerate(prompts, 1):
         cls = row.request_class
         ids = chat_ids(pair.tokenizer, row.prompt)
         run, reference = {"class": cls}, None
-        for name, (engine, decide) in configs.items():
-            out = engine.generate(ids, decide, stop=stop)
+        for name, run_config in configs.items():
+            out = run_config(ids, row)
             tokens = out.new_tokens.tolist()
             reference = tokens if reference is None else reference
             run[name] = {"tokens": out.num_new_tokens, "seconds": out.total_s, "proposed": out.proposed,
