@@ -45,7 +45,9 @@ def markdown(doc: dict) -> str:
     meta, summary = doc["meta"], doc["summary"]
     lines = [
         "# Two policies end to end", "",
-        f"A: `{meta['a']}`; B: `{meta['b']}`. Reference pair, bf16, {meta['threads']} threads, greedy, "
+        f"A: `{meta['a']}`; B: `{meta['b']}`. Reference pair, bf16"
+        f"{' (the draft with int8 linear layers)' if meta.get('draft_quantize') == 'int8' else ''}, "
+        f"{meta['threads']} threads, greedy, "
         f"{meta['max_new_tokens']} new tokens, {summary['all']['prompts']} prompts of `{meta['traces']}`, cold "
         f"in-memory store per policy, both back to back per prompt (order alternating). Command: `{meta['command']}`.",
         "",
@@ -70,12 +72,12 @@ def run(args) -> dict:
     from adaptive_spec.traces.format import read_traces
 
     configure_threads(args.threads)
-    pair = load_pair(dtype="bfloat16")
+    pair = load_pair(dtype="bfloat16", draft_quantize=args.draft_quantize)
     policies = {"a": load_policy_file(args.a, pair.pair_id), "b": load_policy_file(args.b, pair.pair_id)}
     cost = policies["a"].cost
     generators = {name: AdaptiveGenerator(pair.target, pair.draft, pair.tokenizer, p, MemoryStatsStore())
                   for name, p in policies.items()}  # fmt: skip
-    prompts = pick(read_traces(args.traces, pair_id=pair.pair_id), args.per_category)
+    prompts = pick(read_traces(args.traces), args.per_category)  # their prompts only: traces of any pair will do
     warm = chat_ids(pair.tokenizer, prompts[0].prompt)[0][None]
     for generator in generators.values():  # one-off costs (first forwards, allocations) outside the timed runs
         generator.generate(warm, max_new_tokens=8)
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--draft-quantize", default="none", help="none, or int8 (the policies must be that pair's)")
     parser.add_argument("--out", type=Path, default=RESULTS / "policy_ab")
     parser.add_argument("--summarize", type=Path, help="re-render a saved run's JSON (no models)")
     parser.add_argument("--exclude-prompts", default="", help="with --summarize: prompt indices to leave out, e.g. 0,3")
@@ -117,7 +120,8 @@ def main() -> None:
             parser.error("--a and --b are required (or --summarize)")
         doc = run(args)
         doc["meta"] = {"a": str(args.a), "b": str(args.b), "traces": str(args.traces), "threads": args.threads,
-                       "max_new_tokens": args.max_new_tokens, "command": "python " + " ".join(sys.argv)}  # fmt: skip
+                       "max_new_tokens": args.max_new_tokens, "draft_quantize": args.draft_quantize,
+                       "command": "python " + " ".join(sys.argv)}  # fmt: skip
     doc["summary"] = summarize(doc["runs"])
     write_results(args.out, doc, markdown(doc))
 

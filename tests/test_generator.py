@@ -198,6 +198,17 @@ def test_calibrated_policy_keeps_the_file_there_else_starts_from_the_seed(tmp_pa
     assert plain.controller == ControllerConfig() and plain.classifier is None
 
 
+def test_the_committed_int8_draft_policy_is_its_pairs_and_prices_the_cheaper_draft():
+    """``--draft-quantize int8`` finds its own committed policy: valid, for that pair id, the bf16 policy's
+    classifier and controller (seeded), and a draft step priced below the bf16 draft's."""
+    from adaptive_spec.policy.file import default_policy_path
+
+    bf16 = load_policy_file(default_policy_path("qwen2.5-coder"), "qwen2.5-coder")
+    int8 = load_policy_file(default_policy_path("qwen2.5-coder+int8-draft"), "qwen2.5-coder+int8-draft")
+    assert int8.classifier == bf16.classifier and int8.trained_on["seeded_from"]["policy"] == bf16.name
+    assert int8.cost.draft_s(4, 256) < 0.7 * bf16.cost.draft_s(4, 256)
+
+
 @pytest.mark.parametrize("fixed_policy", ["fixed", "per-class"])
 def test_speculation_off_wins_over_a_fixed_policy(pair, fixed_policy):
     """speculation="off" means plain steps whatever the policy; a fixed policy that ignored it once made a
