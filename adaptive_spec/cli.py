@@ -237,8 +237,9 @@ def calibrate(
     dtype: DtypeOpt = "bfloat16",
     threads: ThreadsOpt = None,
     draft_quantize: DraftQuantOpt = "none",
-    seed_policy: Annotated[Optional[Path], typer.Option(help="when --out does not exist yet: start from this policy's "
-                           "controller, estimator and classifier (e.g. the bf16 draft's, for --draft-quantize int8)")] = None,
+    seed_policy: Annotated[Optional[Path], typer.Option(
+        help="when --out does not exist yet: start from this policy's controller, estimator and classifier "
+             "(e.g. the bf16 draft's, for --draft-quantize int8)")] = None,  # fmt: skip
 ) -> None:
     """Measure forward costs on this machine and store them in a policy file (other sections are kept)."""
     from rich.table import Table
@@ -258,6 +259,8 @@ def calibrate(
                           {"custom": custom_draft} if custom_draft else None)  # fmt: skip
         device = "cuda" if cost.hardware.startswith("cuda") else "cpu"
         path = out or default_policy_path(loaded.pair_id, device)
+        if seed_policy is not None and path.is_file():
+            console.print(f"[yellow]--seed-policy not used: {path} exists, its other sections are kept[/yellow]")
         policy = calibrated_policy(path, loaded.pair_id, cost, seed_policy)
         atomic_write_text(path, policy.to_json())
     table = Table(title=f"Cost model ({cost.hardware})")

@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--draft-quantize", default="none", help="none, or int8 (the policies must be that pair's)")
+    parser.add_argument("--draft-quantize", default="none", choices=["none", "int8"],
+                        help="the draft's weights (the policies must be that pair's: int8 has its own pair id)")
     parser.add_argument("--out", type=Path, default=RESULTS / "policy_ab")
     parser.add_argument("--summarize", type=Path, help="re-render a saved run's JSON (no models)")
     parser.add_argument("--exclude-prompts", default="", help="with --summarize: prompt indices to leave out, e.g. 0,3")
