@@ -248,8 +248,7 @@ def calibrate(
     from .traces.format import atomic_write_text
 
     with user_errors():
-        if seed_policy is not None:
-            load_policy_file(seed_policy)  # a bad seed fails here, before minutes of measurement
+        seed = load_policy_file(seed_policy) if seed_policy else None  # a bad seed fails before any measurement
         if head is not None and not (head / "head_config.json").is_file():
             raise UserError(f"--head {head}: no draft head there (head_config.json not found)")
         if custom_draft is not None and not (custom_draft / "draft_config.json").is_file():
@@ -259,9 +258,9 @@ def calibrate(
                           {"custom": custom_draft} if custom_draft else None)  # fmt: skip
         device = "cuda" if cost.hardware.startswith("cuda") else "cpu"
         path = out or default_policy_path(loaded.pair_id, device)
-        if seed_policy is not None and path.is_file():
+        if seed is not None and path.is_file():
             console.print(f"[yellow]--seed-policy not used: {path} exists, its other sections are kept[/yellow]")
-        policy = calibrated_policy(path, loaded.pair_id, cost, seed_policy)
+        policy = calibrated_policy(path, loaded.pair_id, cost, seed)
         atomic_write_text(path, policy.to_json())
     table = Table(title=f"Cost model ({cost.hardware})")
     for col in ("tokens", "target ms (ctx 128)", "draft ms (ctx 128)"):

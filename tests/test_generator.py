@@ -183,10 +183,8 @@ def test_calibrated_policy_keeps_the_file_there_else_starts_from_the_seed(tmp_pa
     from adaptive_spec.policy.file import ControllerConfig, calibrated_policy
 
     seed = tiny_policy(prior_weight=9.0)
-    seed_path = tmp_path / "seed.json"
-    seed_path.write_text(seed.to_json())
     cost = seed.cost.model_copy(update={"pair_id": "tiny+int8-draft", "lookup_s": 0.0002})
-    made = calibrated_policy(tmp_path / "int8.json", "tiny+int8-draft", cost, seed_path)
+    made = calibrated_policy(tmp_path / "int8.json", "tiny+int8-draft", cost, seed)
     assert made.pair_id == "tiny+int8-draft" and made.cost == cost and made.name == "int8"
     assert made.controller == seed.controller and made.classifier == seed.classifier
     assert made.trained_on["seeded_from"] == {"policy": seed.name, "pair_id": "tiny"}

@@ -83,7 +83,7 @@ def default_policy_path(pair_id: str, device: str = "cpu") -> Path:
     return POLICIES_DIR / f"{pair_id}-{device}.json"
 
 
-def calibrated_policy(path: Path, pair_id: str, cost: CostModel, seed: Path | None = None) -> PolicyFile:
+def calibrated_policy(path: Path, pair_id: str, cost: CostModel, seed: PolicyFile | None = None) -> PolicyFile:
     """The policy ``calibrate`` writes to ``path``: the file already there with ``cost`` swapped in; else the
     ``seed`` policy's controller, estimator and classifier (any pair: a quantized draft starts from the bf16
     draft's tuned policy, its acceptance re-learned online and by ``train-policy --refit``); else defaults."""
@@ -92,10 +92,9 @@ def calibrated_policy(path: Path, pair_id: str, cost: CostModel, seed: Path | No
     if seed is None:
         return PolicyFile(name=path.stem, pair_id=pair_id, cost=cost,
                           description="calibrated cost model, default controller settings")  # fmt: skip
-    base = load_policy_file(seed)
-    return base.model_copy(update={
+    return seed.model_copy(update={
         "name": path.stem, "pair_id": pair_id, "cost": cost,
-        "description": f"cost model calibrated for {pair_id}; controller, estimator and classifier from {base.name}"
-                       f" ({base.pair_id})",
-        "trained_on": {**base.trained_on, "seeded_from": {"policy": base.name, "pair_id": base.pair_id}},
+        "description": f"cost model calibrated for {pair_id}; controller, estimator and classifier from {seed.name}"
+                       f" ({seed.pair_id})",
+        "trained_on": {**seed.trained_on, "seeded_from": {"policy": seed.name, "pair_id": seed.pair_id}},
     })  # fmt: skip
