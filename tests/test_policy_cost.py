@@ -69,6 +69,23 @@ def test_despiking_replaces_isolated_spikes_and_keeps_real_shape():
     assert n == 4 and cost.target.seconds == clean.seconds == cost.drafts["model"].seconds
 
 
+def test_despiking_across_contexts():
+    # the int8 draft's table with 3 repetitions (ms): the short context's first points ran in a slow spell, so its
+    # 1-token step (47.2) sat 52% above the same step at context 1024 while its row's neighbours hid it
+    table = CostTable(tokens=[1, 2, 3, 4], contexts=[128, 1024],
+                      seconds=[[0.0472, 0.0457, 0.0496, 0.0486], [0.0311, 0.0423, 0.0434, 0.0467]])
+    clean, replaced = table.despiked()
+    assert replaced == 1
+    assert clean.seconds[0] == pytest.approx([0.0311, 0.0457, 0.0496, 0.0486])  # within 25%: measured, kept
+    assert clean.seconds[1] == table.seconds[1]
+    three = CostTable(tokens=[1, 2, 3], contexts=[64, 128, 1024],  # a chain: each row against the cleaned next one
+                      seconds=[[0.06, 0.05, 0.05], [0.06, 0.05, 0.05], [0.04, 0.05, 0.06]])
+    clean3, replaced3 = three.despiked()
+    assert replaced3 == 2 and clean3.seconds[0][0] == clean3.seconds[1][0] == pytest.approx(0.04)
+    growing = CostTable(tokens=[1, 2, 3], contexts=[128, 1024], seconds=[[0.03, 0.04, 0.05], [0.06, 0.08, 0.10]])
+    assert growing.despiked()[1] == 0  # cost growing with context is the normal shape
+
+
 def test_calibrate_a_tiny_pair(pair):
     from adaptive_spec.engine import SpeculativeEngine
     from adaptive_spec.policy.calibrate import calibrate, measure_round_overhead

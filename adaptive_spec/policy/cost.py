@@ -74,7 +74,9 @@ class CostTable(BaseModel):
         the reference: inside a row, the line between its neighbours (so cost growing with tokens, as on a
         compute-bound device, is no spike); the first point, the second one's value (fewer tokens do not cost
         more); the last point, the line through the two before it. Genuine shape stays (a 1-token forward ~10-20%
-        slower than a 4-token one on a packed CPU kernel).
+        slower than a 4-token one on a packed CPU kernel). Then across contexts: a longer context never costs less,
+        so a point more than ``tolerance`` above the same token count at the next longer context becomes that value
+        (a slow spell over the first row's first points, which no neighbour in the row reveals).
         """
         rows, replaced = [], 0
         xs = self.tokens
@@ -91,6 +93,10 @@ class CostTable(BaseModel):
                     if value > reference * (1 + tolerance):
                         out[i], replaced = reference, replaced + 1
             rows.append(out)
+        for r in range(len(rows) - 2, -1, -1):
+            for i, (value, longer) in enumerate(zip(rows[r], rows[r + 1])):
+                if value > longer * (1 + tolerance):
+                    rows[r][i], replaced = longer, replaced + 1
         return CostTable(tokens=self.tokens, contexts=self.contexts, seconds=rows), replaced  # a fresh memo
 
 
