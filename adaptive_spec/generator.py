@@ -1,6 +1,6 @@
 """``AdaptiveGenerator``: a drop-in around an existing ``transformers`` model's ``generate``.
 
-    gen = AdaptiveGenerator(model, draft=small_model, tokenizer=tokenizer)      # defaults: memory store, policy
+    gen = AdaptiveGenerator(model, draft=small_model, tokenizer=tokenizer, policy="policies/mine.json")
     out = gen.generate(input_ids, max_new_tokens=128)                           # same arguments as HF generate
     out.sequences, out.report                                                    # tokens, what the policy did
 
@@ -22,6 +22,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from .engine import GenerationResult, SamplingParams, SpeculativeEngine, StopRule
 from .engine.stopping import as_id_set
+from .models import pair_id_of
 from .policy.base import Policy, RequestInfo, RequestReport
 from .policy.controller import AdaptivePolicy
 from .policy.file import PolicyFile, default_policy_path, load_policy_file
@@ -102,10 +103,12 @@ class AdaptiveGenerator:
         if isinstance(policy, (str, Path)):
             policy = load_policy_file(policy, pair_id)
         if policy is None:
-            path = default_policy_path(pair_id) if pair_id else None
+            pair_id = pair_id or pair_id_of(self.target, draft)  # models from load_pair carry their pair's id
+            path = default_policy_path(pair_id, self.target.device.type) if pair_id else None
             if path is None or not path.is_file():
+                where = f" ({path} not found)" if path else ""
                 raise ValueError(
-                    "no policy given and no default policy for this pair: pass policy= (a policy file from "
+                    f"no policy given and no default policy for this pair{where}: pass policy= (a policy file from "
                     "`adaptive-spec train-policy` or `adaptive-spec calibrate`), or pair_id= of a known pair"
                 )
             policy = load_policy_file(path, pair_id)

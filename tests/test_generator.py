@@ -224,3 +224,26 @@ def test_speculation_off_wins_over_a_fixed_policy(pair, fixed_policy):
     on = gen.generate(prompt, max_new_tokens=20, eos_token_id=-1, request_class="c")
     assert any(r.k > 0 for r in on.result.records)
     assert torch.equal(off.sequences, on.sequences)
+
+
+def test_models_from_load_pair_find_their_pairs_committed_policy(tmp_path, monkeypatch):
+    import adaptive_spec.policy.file as policy_file
+    from adaptive_spec.models.load import PAIR_ID_ATTRIBUTE
+    from tests.tiny import tiny_pair
+
+    target, draft = tiny_pair()  # fresh models: the marks must not reach the session's shared pair
+    monkeypatch.setattr(policy_file, "POLICIES_DIR", tmp_path)
+    (tmp_path / "tiny-cpu.json").write_text(tiny_policy().model_dump_json())
+    with pytest.raises(ValueError, match="no default policy"):
+        AdaptiveGenerator(target, draft)  # unmarked models: nothing to go by
+    for model in (target, draft):
+        setattr(model, PAIR_ID_ATTRIBUTE, "tiny")  # what load_pair does
+    gen = AdaptiveGenerator(target, draft)
+    assert gen.policy.estimator.pair_id == "tiny"
+    assert gen.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=4).sequences.shape[-1] == len(PROMPTS[0]) + 4
+    setattr(draft, PAIR_ID_ATTRIBUTE, "tiny+int8-draft")  # a draft of another pair: its costs are not this policy's
+    with pytest.raises(ValueError, match="no default policy for this pair: pass"):
+        AdaptiveGenerator(target, draft)
+    setattr(draft, PAIR_ID_ATTRIBUTE, "tiny")
+    with pytest.raises(ValueError, match="missing-cpu.json not found"):
+        AdaptiveGenerator(target, draft, pair_id="missing")  # an explicit pair id wins, and the error names the file

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adaptive_spec.engine import Decision, SpeculativeEngine, StopRule, fixed
+from adaptive_spec.generator import AdaptiveGenerator
 from adaptive_spec.prompts import chat_ids
 from adaptive_spec.runtime import eos_ids, standard_drafters
 from tests import real_pair
@@ -114,4 +115,8 @@ def test_int8_draft_keeps_greedy_output_and_names_its_pair(fp32):
     out = engine.generate(ids, fixed("model", 4), stop=StopRule(NEW, eos_ids(pair.tokenizer, pair.target)))
     assert out.sequences[0].tolist() == expected
     assert out.accepted > out.proposed / 2
-    assert load_pair(dtype="bfloat16", draft_quantize="int8").pair_id == "qwen2.5-coder+int8-draft"
+    int8 = load_pair(dtype="bfloat16", draft_quantize="int8")
+    assert int8.pair_id == "qwen2.5-coder+int8-draft"
+    # with no policy= nor pair_id=, the generator finds each loaded pair's committed policy
+    assert AdaptiveGenerator(int8.target, int8.draft, int8.tokenizer).policy.estimator.pair_id == int8.pair_id
+    assert AdaptiveGenerator(pair.target, pair.draft, pair.tokenizer).policy.estimator.pair_id == "qwen2.5-coder"

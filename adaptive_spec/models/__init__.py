@@ -10,6 +10,7 @@ from .load import (
     load_model,
     load_pair,
     load_tokenizer,
+    pair_id_of,
     quantize_draft,
 )
 from .pairs import DEFAULT_PAIR, PAIRS, ModelPair, WheelSeries, get_pair
@@ -31,5 +32,6 @@ __all__ = [
     "load_model",
     "load_pair",
     "load_tokenizer",
+    "pair_id_of",
     "quantize_draft",
 ]

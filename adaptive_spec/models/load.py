@@ -41,6 +41,9 @@ hf_logging.set_verbosity_error()
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 DRAFT_QUANTIZATIONS = ("none", "int8")
+# load_pair marks the models it returns with their pair id, so that AdaptiveGenerator(target, draft) finds the
+# pair's committed policy without being told (pair_id_of)
+PAIR_ID_ATTRIBUTE = "adaptive_spec_pair_id"
 
 
 class ModelLoadError(ValueError):
@@ -185,7 +188,18 @@ def load_pair(
         draft_model = load_model(draft, dtype, device, settings)
         if draft_quantize == "int8":
             draft_model, pair_id = quantize_draft(draft_model), f"{pair_id}+int8-draft"
-    return LoadedPair(load_model(target, dtype, device, settings), draft_model, tokenizer, pair_id, dtype)
+    target_model = load_model(target, dtype, device, settings)
+    for model in (target_model, draft_model):
+        if model is not None:
+            setattr(model, PAIR_ID_ATTRIBUTE, pair_id)
+    return LoadedPair(target_model, draft_model, tokenizer, pair_id, dtype)
+
+
+def pair_id_of(target: PreTrainedModel, draft: PreTrainedModel | None = None) -> str | None:
+    """The pair id ``load_pair`` gave these models; None unless every one given came from the same pair (a
+    reference target beside a draft of another pair has no pair policy)."""
+    ids = {getattr(model, PAIR_ID_ATTRIBUTE, None) for model in (target, draft) if model is not None}
+    return ids.pop() if len(ids) == 1 else None
 
 
 def quantize_draft(model: PreTrainedModel) -> PreTrainedModel:
