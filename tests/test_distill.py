@@ -308,6 +308,18 @@ def test_training_reduces_kl_and_is_reproducible(tiny, vmap, collection, tmp_pat
     assert torch.equal(a.model.embed_tokens.weight, derive_draft(tiny[1], [0, 1], vmap).model.embed_tokens.weight)
 
 
+def test_train_layers_updates_only_the_top_of_the_draft(tiny, vmap, collection, tmp_path):
+    start = derive_draft(tiny[1], [0, 1], vmap)
+    tuned, result = _train(tiny, vmap, collection, tmp_path, train_layers=1)
+    assert result.losses[-1] < result.losses[0]
+    changed = {name for (name, p), q in zip(tuned.state_dict().items(), start.state_dict().values())
+               if not torch.equal(p, q)}  # fmt: skip
+    assert changed and all(n.startswith(("model.layers.1.", "model.norm.", "lm_head.")) for n in changed), changed
+    assert any(n.startswith("model.layers.1.") for n in changed) and "lm_head.weight" in changed
+    with pytest.raises(ValueError, match="exceeds"):
+        _train(tiny, vmap, collection, tmp_path / "x", train_layers=3)
+
+
 def test_resume_after_interruption_matches_uninterrupted(tiny, vmap, collection, tmp_path):
     full, rf = _train(tiny, vmap, collection, tmp_path / "full")
     _, partial = _train(tiny, vmap, collection, tmp_path / "resumed", stop_after=3)  # checkpoint at step 2
@@ -504,3 +516,18 @@ def test_head_traffic_builder_keeps_benchmark_prompts_out():
     assert all("response" not in r for r in prose) and all("response" in r for r in out if r["class"] == "code")
     per = {c: sum(r["class"] == c for r in prose) for c in firsts}
     assert per["qa"] == 6 and per["rag"] == per["summarization"] == 2 and per["writing"] == 6
+
+
+def test_summary_compares_the_custom_draft_with_each_generic_drafter():
+    from adaptive_spec.distill.evaluate import Run, summarize
+
+    def run(drafter: str, k: int, seconds: float) -> Run:
+        return Run(0, "code", drafter, k, 10, seconds, 4 * k, 3 * k, "same")
+
+    runs = [run("model", 0, 10.0), run("model", 2, 8.0), run("int8", 2, 5.0), run("int8", 4, 4.0),
+            run("custom", 2, 3.2), run("custom", 4, 3.6)]  # fmt: skip
+    entry = summarize(runs, ("model", "int8", "custom"))["classes"]["code"]
+    assert entry["best"]["int8"]["config"] == "int8 k=4" and entry["best"]["custom"]["config"] == "custom k=2"
+    assert entry["ratio"] == pytest.approx(8.0 / 3.2)  # custom over the bf16 generic ("model"): the bar
+    assert entry["ratio_over"] == pytest.approx({"model": 8.0 / 3.2, "int8": 4.0 / 3.2})
+    assert "ratio_over" not in summarize(runs, ("model", "custom"))["classes"]["code"]

@@ -39,6 +39,7 @@ def distill_command(
     prompt_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="--kind head: loss weight of positions that predict prompt tokens (0: responses only)")] = 1.0,
     batch_tokens: Annotated[int, typer.Option(min=64, help="--kind head: positions per training step")] = 2048,
     batch_examples: Annotated[int, typer.Option(min=1, help="examples per training step")] = 8,
+    train_layers: Annotated[Optional[int], typer.Option(min=0, help="--kind draft: update only the last N layers, final norm and output head (default: all layers)")] = None,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 5e-4,
     bf16_autocast: Annotated[bool, typer.Option(help="train in bfloat16 autocast (float32 weights); draft ~25%, head ~1.7x faster on CPU")] = True,
     max_tokens: Annotated[int, typer.Option(min=8, help="prompt + response tokens kept per example")] = 512,
@@ -69,7 +70,7 @@ def distill_command(
 
 
 def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers, mlp_width, vocab_size, kind,
-         head_width, unroll, prompt_weight, batch_tokens, batch_examples, lr, bf16_autocast, max_tokens,
+         head_width, unroll, prompt_weight, batch_tokens, batch_examples, train_layers, lr, bf16_autocast, max_tokens,
          max_new_tokens, responses, init_head, top_k, hidden_states, e2e_prompts, e2e_new_tokens, generic_k, custom_k,
          eval_max_examples,
          skip_bad_rows, target, draft, pair, dtype, threads):  # fmt: skip
@@ -94,6 +95,8 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
         from .head import read_head_config
 
         read_head_config(init_head)  # a missing or malformed head fails here; its target is checked once loaded
+    if kind == "head" and train_layers is not None:
+        raise UserError("--train-layers applies to --kind draft (a head has one layer)")
     if kind == "head":
         from .head import HeadSettings
         from .head_pipeline import HeadRunSettings
@@ -117,7 +120,7 @@ def _run(traffic, out, base_draft, steps, eval_split, seed, max_examples, layers
         collect=CollectSettings(top_k=top_k, hidden_states=hidden_states, max_tokens=max_tokens,
                                 max_new_tokens=max_new_tokens, respond_with=responses),
         train=TrainSettings(steps=steps, batch_examples=batch_examples, lr=lr, max_len=max_tokens, seed=seed,
-                            bf16_autocast=bf16_autocast),
+                            bf16_autocast=bf16_autocast, train_layers=train_layers),
         )  # fmt: skip
     parse_layers(layers, 10**6)  # the syntax now; indices against the base draft once it is loaded
     loaded_traffic = read_traffic(traffic, skip_bad_rows)

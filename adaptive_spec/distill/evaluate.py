@@ -141,7 +141,8 @@ def end_to_end(engine: SpeculativeEngine, prompts: Sequence[tuple[str, torch.Ten
 def summarize(runs: Sequence[Run], drafters: Sequence[str] = ("model", "custom")) -> dict:
     """Per class and "all": tokens/s and engine alpha per config, each drafter's best k, speedups, the ratio.
 
-    ``ratio`` = custom's best speedup / generic ("model") best speedup, both over target-only on the same prompts.
+    ``ratio`` = custom's best speedup / generic ("model") best speedup, both over target-only on the same prompts;
+    with more drafters than those two, ``ratio_over`` has custom's best over each one's.
     """
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
@@ -174,6 +175,8 @@ def summarize(runs: Sequence[Run], drafters: Sequence[str] = ("model", "custom")
         entry = {"configs": configs, "best": best}
         if "model" in best and "custom" in best:
             entry["ratio"] = best["custom"]["speedup"] / best["model"]["speedup"]
+        if "custom" in best and len(best) > 2:  # several generic drafters (e.g. bf16 and int8): custom over each
+            entry["ratio_over"] = {d: best["custom"]["speedup"] / b["speedup"] for d, b in best.items() if d != "custom"}
         table[cls] = entry
     prompts = len({r.prompt for r in runs})
     same = _agreement(runs)

@@ -53,6 +53,9 @@ class TrainSettings(BaseModel):
     max_len: int = Field(1024, ge=2, description="longer examples are cut to their first max_len tokens")
     prompt_weight: float = Field(0.0, ge=0, description="loss weight of rows predicting prompt tokens")
     freeze_embeddings: bool = Field(True, description="keep the input embedding fixed (fewer parameters to update)")
+    train_layers: int | None = Field(None, ge=0, description="update only the last N decoder layers, the final norm "
+                                     "and the output head (None: every layer): a draft that keeps the generic one's "
+                                     "full depth and width is fine-tuned at a fraction of the cost per step")
     bf16_autocast: bool = Field(True, description="bfloat16 autocast for forward/backward (weights stay float32)")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
@@ -115,6 +118,21 @@ def kl_loss(model: PreTrainedModel, batch: Batch, vocab: int) -> torch.Tensor:
     return (kl * batch.weights).sum()
 
 
+def trainable(model: PreTrainedModel, settings: TrainSettings) -> None:
+    """Mark what training updates. With ``train_layers`` the layers below the last N stay as the base had them, so
+    backward stops at the first trained layer: a step costs the frozen layers' forward only."""
+    layers = model.get_decoder().layers
+    if settings.train_layers is not None:
+        if settings.train_layers > len(layers):
+            raise ValueError(f"train_layers {settings.train_layers} exceeds the draft's {len(layers)} layers")
+        model.requires_grad_(False)
+        for layer in layers[len(layers) - settings.train_layers:]:
+            layer.requires_grad_(True)
+        model.get_decoder().norm.requires_grad_(True)
+        model.get_output_embeddings().requires_grad_(True)
+    model.get_input_embeddings().weight.requires_grad_(not settings.freeze_embeddings)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -138,7 +156,7 @@ def train(
     if not batches:
         raise ValueError("no trainable rows in the training examples")
     model.float().train()
-    model.get_input_embeddings().weight.requires_grad_(not settings.freeze_embeddings)
+    trainable(model, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     result = TrainResult(settings.steps)
