@@ -17,6 +17,7 @@ context) and the teacher-forced alpha from ``DIR/eval.json``. Writes ``benchmark
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -32,7 +33,7 @@ from adaptive_spec.distill.cost import draft_cost_per_token  # noqa: E402
 from adaptive_spec.distill.head import head_heldout_prompts  # noqa: E402
 from adaptive_spec.distill.evaluate import end_to_end, runs_to_json, summarize  # noqa: E402
 from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # noqa: E402
-from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
+from adaptive_spec.models import configure_threads, load_pair, quantize_draft  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
 from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
@@ -59,6 +60,10 @@ def main() -> None:
     parser.add_argument("--custom-k", default="1,2,3,4,6,8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 prompt per class, 32 new tokens, k in {2,4} / {2,4,6}")
+    parser.add_argument("--draft-quantize", choices=["none", "int8"], default="none",
+                        help="int8: the custom draft runs with int8 linear layers, compared with the generic draft in "
+                             "bfloat16 ('model') and in int8 ('int8'), so the gain of training shows apart from "
+                             "the gain of quantization")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "distill")
     args = parser.parse_args()
     if args.quick:
@@ -67,18 +72,24 @@ def main() -> None:
     configure_threads(args.threads)
     pair = load_pair(dtype="bfloat16")
     target, tok = pair.target, pair.tokenizer
-    custom = load_custom_draft(args.draft_dir, target)
+    custom = load_custom_draft(args.draft_dir, target, quantize=args.draft_quantize)
     generic = ModelDrafter(pair.draft, "model", vocab_size=target.config.vocab_size)
-    engine = SpeculativeEngine(target, [generic, custom])
+    drafters = [generic]
+    if args.draft_quantize == "int8":
+        drafters.append(ModelDrafter(quantize_draft(copy.deepcopy(pair.draft)), "int8", vocab_size=target.config.vocab_size))
+    engine = SpeculativeEngine(target, [*drafters, custom])
     rows = heldout_prompts(args.draft_dir, args.per_class, args.classes)
     prompts = [(r["class"], chat_ids(tok, r["prompt"])[0]) for r in rows]
-    configs = ([("model", 0)] + [("model", int(k)) for k in args.generic_k.split(",")]
+    names = [d.name for d in drafters]
+    configs = ([("model", 0)] + [(name, int(k)) for name in names for k in args.generic_k.split(",")]
                + [("custom", int(k)) for k in args.custom_k.split(",")])  # fmt: skip
 
     context = prompts[0][1]
     cost = {"generic_ms": draft_cost_per_token(generic, context) * 1e3, "custom_ms": draft_cost_per_token(custom, context) * 1e3}
+    if len(drafters) > 1:
+        cost["generic_int8_ms"] = draft_cost_per_token(drafters[1], context) * 1e3
     cost["ratio"] = cost["custom_ms"] / cost["generic_ms"]
-    print(f"draft cost per token: generic {cost['generic_ms']:.1f} ms, custom {cost['custom_ms']:.1f} ms", flush=True)
+    print("draft cost per token (ms):", {k: round(v, 1) for k, v in cost.items() if k.endswith("_ms")}, flush=True)
 
     start = time.perf_counter()
 
@@ -86,11 +97,12 @@ def main() -> None:
         print(f"[{done}/{total}] {time.perf_counter() - start:.0f} s", flush=True)
 
     runs = end_to_end(engine, prompts, configs, StopRule(args.max_new_tokens, eos_ids(tok, target)), progress)
-    summary = summarize(runs, ("model", "custom"))
+    summary = summarize(runs, (*names, "custom"))
     eval_path = args.draft_dir / "eval.json"
     teacher_forced = json.loads(eval_path.read_text()).get("alpha") if eval_path.is_file() else None
     meta = {"draft_dir": str(args.draft_dir), "per_class": args.per_class, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "dtype": "bfloat16", "quick": args.quick, "prompts": len(prompts),
+            "draft_quantize": args.draft_quantize, "command": "python " + " ".join(sys.argv),
             "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
             "bar": f"custom best speedup >= {BAR} x generic best speedup"}  # fmt: skip
     doc = {"meta": meta, "draft_cost": cost, "teacher_forced_alpha": teacher_forced, "summary": summary,
@@ -120,16 +132,25 @@ def markdown(doc: dict) -> str:
         "all configurations interleaved per prompt in one process" + (" (**--quick**: a smoke run, not a measurement)" if meta["quick"] else "") + ".",
         "",
         f"Draft cost per token: generic {cost['generic_ms']:.1f} ms, custom {cost['custom_ms']:.1f} ms "
-        f"(ratio {cost['ratio']:.3f}).", "",
-        "| class | target tok/s | generic best (speedup) | custom best (speedup) | ratio | bar ≥ 1.3 |",
-        "|---|---|---|---|---|---|",
+        f"(ratio {cost['ratio']:.3f})" + (f"; generic in int8 {cost['generic_int8_ms']:.1f} ms" if "generic_int8_ms" in cost else "") + ".",
+        "",
     ]  # fmt: skip
+    int8 = meta.get("draft_quantize") == "int8"
+    if int8:
+        lines += ["The custom draft runs in int8 (`--draft-quantize int8`); `model` is the generic draft in bfloat16, "
+                  "`int8` the generic draft in int8: the last column is what training on the traffic adds beyond "
+                  "quantization.", ""]  # fmt: skip
+    lines += ["| class | target tok/s | generic best (speedup) |" + (" generic int8 best |" if int8 else "")
+              + " custom best (speedup) | ratio | bar ≥ 1.3 |" + (" custom / generic int8 |" if int8 else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if int8 else "")]  # fmt: skip
     for cls, entry in summary["classes"].items():
         b = entry["best"]
         ratio = entry.get("ratio", float("nan"))
+        generic_int8 = f" {b['int8']['config']} ({b['int8']['speedup']:.2f}×) |" if int8 else ""
+        over_int8 = f" {entry['ratio_over']['int8']:.2f} |" if int8 else ""
         lines.append(f"| {cls} | {entry['configs']['target']['tokens_per_s']:.2f} | {b['model']['config']} "
-                     f"({b['model']['speedup']:.2f}×) | {b['custom']['config']} ({b['custom']['speedup']:.2f}×) | "
-                     f"{ratio:.2f} | {'yes' if ratio >= BAR else 'no'} |")  # fmt: skip
+                     f"({b['model']['speedup']:.2f}×) |{generic_int8} {b['custom']['config']} ({b['custom']['speedup']:.2f}×) | "
+                     f"{ratio:.2f} | {'yes' if ratio >= BAR else 'no'} |{over_int8}")  # fmt: skip
     lines += ["", "Tokens/s and engine α (accepted / proposed) per configuration:", ""] + config_table(summary)
     if doc["teacher_forced_alpha"]:
         lines += ["", "Teacher-forced α on the held-out collection (from `eval.json`; greedy / sampled):", "",

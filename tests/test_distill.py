@@ -353,6 +353,18 @@ def test_saved_draft_loads_with_transformers_and_for_its_target(tiny, vmap, tmp_
     tiny[0].float()
 
 
+def test_saved_draft_in_int8_drafts_losslessly(tiny, vmap, tmp_path):
+    directory, _ = _save(tiny, vmap, tmp_path)
+    custom = load_custom_draft(directory, tiny[0], quantize="int8")
+    assert any(type(m).__module__.startswith("torch.ao") for m in custom.lm.model.modules())  # int8 linears
+    engine = SpeculativeEngine(tiny[0], [custom])
+    for prompt in PROMPTS:
+        out = engine.generate(torch.tensor(prompt), fixed("custom", 4), stop=StopRule(30))
+        assert out.sequences[0].tolist() == reference(tiny[0], prompt, 30, eos=-1)
+    with pytest.raises(ValueError, match="unknown draft quantization"):
+        load_custom_draft(directory, tiny[0], quantize="int4")
+
+
 def test_draft_for_another_target_is_refused(tiny, vmap, tmp_path):
     directory, _ = _save(tiny, vmap, tmp_path)
     with pytest.raises(IdentityError, match="different target.*fingerprint"):

@@ -81,8 +81,13 @@ def read_draft_config(directory: str | os.PathLike) -> DraftConfig:
 
 
 def load_custom_draft(directory: str | os.PathLike, target: PreTrainedModel, name: str = CUSTOM,
-                      dtype: torch.dtype | None = None) -> CustomDrafter:  # fmt: skip
-    """The drafter saved in ``directory``, checked against ``target``, on the target's device and dtype."""
+                      dtype: torch.dtype | None = None, quantize: str = "none") -> CustomDrafter:  # fmt: skip
+    """The drafter saved in ``directory``, checked against ``target``, on the target's device and dtype;
+    ``quantize="int8"``: its linear layers in int8 (``models.quantize_draft``, CPU), as the generic draft's can be."""
+    from ..models import DRAFT_QUANTIZATIONS, quantize_draft
+
+    if quantize not in DRAFT_QUANTIZATIONS:
+        raise ValueError(f"unknown draft quantization {quantize!r} (choose from {', '.join(DRAFT_QUANTIZATIONS)})")
     config = read_draft_config(directory)
     config.target.check(target_identity(target), f"the custom draft in {directory}")
     vmap = VocabMap.load(directory)
@@ -90,4 +95,6 @@ def load_custom_draft(directory: str | os.PathLike, target: PreTrainedModel, nam
         raise ValueError(f"{directory}: {VOCAB_MAP} does not match {DRAFT_CONFIG}")
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or target.dtype)
     model.to(target.device).eval().requires_grad_(False)
+    if quantize == "int8":
+        model = quantize_draft(model)
     return CustomDrafter(model, vmap, name=name)
