@@ -227,7 +227,10 @@ def test_speculation_off_wins_over_a_fixed_policy(pair, fixed_policy):
 
 
 def test_models_from_load_pair_find_their_pairs_committed_policy(tmp_path, monkeypatch):
+    import copy
+
     import adaptive_spec.policy.file as policy_file
+    from adaptive_spec.models import quantize_draft
     from adaptive_spec.models.load import PAIR_ID_ATTRIBUTE
     from tests.tiny import tiny_pair
 
@@ -241,7 +244,12 @@ def test_models_from_load_pair_find_their_pairs_committed_policy(tmp_path, monke
     gen = AdaptiveGenerator(target, draft)
     assert gen.policy.estimator.pair_id == "tiny"
     assert gen.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=4).sequences.shape[-1] == len(PROMPTS[0]) + 4
-    setattr(draft, PAIR_ID_ATTRIBUTE, "tiny+int8-draft")  # a draft of another pair: its costs are not this policy's
+    # the pair's draft quantized after loading prices as the int8 pair, never with the bfloat16 draft's costs
+    int8 = quantize_draft(copy.deepcopy(draft))
+    assert getattr(int8, PAIR_ID_ATTRIBUTE) == "tiny+int8-draft" and getattr(draft, PAIR_ID_ATTRIBUTE) == "tiny"
+    with pytest.raises(ValueError, match=r"tiny\+int8-draft-cpu.json not found"):
+        AdaptiveGenerator(target, int8)
+    setattr(draft, PAIR_ID_ATTRIBUTE, "other")  # a draft of another pair: no pair policy fits
     with pytest.raises(ValueError, match="no default policy for this pair: pass"):
         AdaptiveGenerator(target, draft)
     setattr(draft, PAIR_ID_ATTRIBUTE, "tiny")

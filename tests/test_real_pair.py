@@ -105,10 +105,12 @@ def test_int8_draft_keeps_greedy_output_and_names_its_pair(fp32):
     import copy
 
     from adaptive_spec.engine import ModelDrafter
-    from adaptive_spec.models import load_pair, quantize_draft
+    from adaptive_spec.models import load_pair, pair_id_of, quantize_draft
 
     pair, _ = fp32
-    engine = SpeculativeEngine(pair.target, [ModelDrafter(quantize_draft(copy.deepcopy(pair.draft)))])
+    int8_draft = quantize_draft(copy.deepcopy(pair.draft))
+    assert pair_id_of(pair.target, int8_draft) == "qwen2.5-coder+int8-draft"  # quantized after loading: the int8 pair
+    engine = SpeculativeEngine(pair.target, [ModelDrafter(int8_draft)])
     question = real_pair.spec_bench(["coding"])[0]
     ids = chat_ids(pair.tokenizer, question["turns"][0])
     expected = target_greedy(pair, ids)

@@ -187,7 +187,7 @@ def load_pair(
         check_compatible(tokenizer, load_tokenizer(draft, settings))
         draft_model = load_model(draft, dtype, device, settings)
         if draft_quantize == "int8":
-            draft_model, pair_id = quantize_draft(draft_model), f"{pair_id}+int8-draft"
+            draft_model, pair_id = quantize_draft(draft_model), int8_pair_id(pair_id)
     target_model = load_model(target, dtype, device, settings)
     for model in (target_model, draft_model):
         if model is not None:
@@ -195,11 +195,20 @@ def load_pair(
     return LoadedPair(target_model, draft_model, tokenizer, pair_id, dtype)
 
 
+def int8_pair_id(pair_id: str) -> str:
+    """The id of a pair whose draft runs in int8: its costs, hence its policy, are not the bfloat16 draft's."""
+    return f"{pair_id}+int8-draft"
+
+
 def pair_id_of(target: PreTrainedModel, draft: PreTrainedModel | None = None) -> str | None:
     """The pair id ``load_pair`` gave these models; None unless every one given came from the same pair (a
-    reference target beside a draft of another pair has no pair policy)."""
-    ids = {getattr(model, PAIR_ID_ATTRIBUTE, None) for model in (target, draft) if model is not None}
-    return ids.pop() if len(ids) == 1 else None
+    reference target beside a draft of another pair has no pair policy). A draft of the target's pair quantized
+    afterwards (``quantize_draft``) names the int8 pair."""
+    target_id = getattr(target, PAIR_ID_ATTRIBUTE, None)
+    if draft is None or target_id is None:
+        return target_id
+    draft_id = getattr(draft, PAIR_ID_ATTRIBUTE, None)
+    return draft_id if draft_id in (target_id, int8_pair_id(target_id)) else None
 
 
 def quantize_draft(model: PreTrainedModel) -> PreTrainedModel:
@@ -215,6 +224,9 @@ def quantize_draft(model: PreTrainedModel) -> PreTrainedModel:
     with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao (not a dep)
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(model.float(), {torch.nn.Linear}, torch.qint8, inplace=True)
+    mark = getattr(quantized, PAIR_ID_ATTRIBUTE, None)
+    if mark is not None and not mark.endswith(int8_pair_id("")):  # a draft from load_pair now prices as int8
+        setattr(quantized, PAIR_ID_ATTRIBUTE, int8_pair_id(mark))
     return quantized.eval().requires_grad_(False)
 
 
