@@ -33,7 +33,7 @@ from adaptive_spec.distill.cost import draft_cost_per_token  # noqa: E402
 from adaptive_spec.distill.head import head_heldout_prompts  # noqa: E402
 from adaptive_spec.distill.evaluate import end_to_end, runs_to_json, summarize  # noqa: E402
 from adaptive_spec.engine import ModelDrafter, SpeculativeEngine, StopRule  # noqa: E402
-from adaptive_spec.models import configure_threads, load_pair, quantize_draft  # noqa: E402
+from adaptive_spec.models import DRAFT_QUANTIZATIONS, configure_threads, load_pair, quantize_draft  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.runtime import eos_ids  # noqa: E402
 from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--custom-k", default="1,2,3,4,6,8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 prompt per class, 32 new tokens, k in {2,4} / {2,4,6}")
-    parser.add_argument("--draft-quantize", choices=["none", "int8"], default="none",
+    parser.add_argument("--draft-quantize", choices=DRAFT_QUANTIZATIONS, default="none",
                         help="int8: the custom draft runs with int8 linear layers, compared with the generic draft in "
                              "bfloat16 ('model') and in int8 ('int8'), so the gain of training shows apart from "
                              "the gain of quantization")  # fmt: skip

@@ -84,10 +84,9 @@ def load_custom_draft(directory: str | os.PathLike, target: PreTrainedModel, nam
                       dtype: torch.dtype | None = None, quantize: str = "none") -> CustomDrafter:  # fmt: skip
     """The drafter saved in ``directory``, checked against ``target``, on the target's device and dtype;
     ``quantize="int8"``: its linear layers in int8 (``models.quantize_draft``, CPU), as the generic draft's can be."""
-    from ..models import DRAFT_QUANTIZATIONS, quantize_draft
+    from ..models.load import check_draft_quantization, quantize_draft
 
-    if quantize not in DRAFT_QUANTIZATIONS:
-        raise ValueError(f"unknown draft quantization {quantize!r} (choose from {', '.join(DRAFT_QUANTIZATIONS)})")
+    check_draft_quantization(quantize)
     config = read_draft_config(directory)
     config.target.check(target_identity(target), f"the custom draft in {directory}")
     vmap = VocabMap.load(directory)

@@ -171,9 +171,7 @@ def load_pair(
     ``draft_quantize="int8"``: the draft's linear layers in int8 (``quantize_draft``, CPU); the pair id then names
     it (``<pair>+int8-draft``), so that a policy calibrated with the bfloat16 draft's costs is not used with it."""
     settings = settings or get_settings()
-    if draft_quantize not in DRAFT_QUANTIZATIONS:
-        raise ModelLoadError(f"unknown draft quantization {draft_quantize!r} (choose from "
-                             f"{', '.join(DRAFT_QUANTIZATIONS)})")  # fmt: skip
+    check_draft_quantization(draft_quantize)
     custom = True
     if target is None or (with_draft and draft is None):
         ref_target, ref_draft = fetch_pair(get_pair(pair), settings.models_dir)
@@ -209,6 +207,12 @@ def pair_id_of(target: PreTrainedModel, draft: PreTrainedModel | None = None) ->
         return target_id
     draft_id = getattr(draft, PAIR_ID_ATTRIBUTE, None)
     return draft_id if draft_id in (target_id, int8_pair_id(target_id)) else None
+
+
+def check_draft_quantization(name: str) -> None:
+    """Refuse an unknown ``draft_quantize`` value before any model is fetched or loaded."""
+    if name not in DRAFT_QUANTIZATIONS:
+        raise ModelLoadError(f"unknown draft quantization {name!r} (choose from {', '.join(DRAFT_QUANTIZATIONS)})")
 
 
 def quantize_draft(model: PreTrainedModel) -> PreTrainedModel:
