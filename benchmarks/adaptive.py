@@ -44,7 +44,8 @@ from off_path import ENGINE_PLAIN, HF, measure, off_path_runs  # noqa: E402  (be
 from off_path import summarize as off_summary  # noqa: E402
 
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
-from adaptive_spec.models import configure_threads, load_pair  # noqa: E402
+from adaptive_spec.models import DEFAULT_PAIR, DRAFT_QUANTIZATIONS, configure_threads, load_pair  # noqa: E402
+from adaptive_spec.models.load import int8_pair_id  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
 from adaptive_spec.policy.cost import CostModel  # noqa: E402
 from adaptive_spec.policy.file import load_policy_file  # noqa: E402
@@ -160,6 +161,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--draft-quantize", choices=DRAFT_QUANTIZATIONS, default="none",
+                        help="the draft for every configuration that drafts (fixed, oracle, HF assisted, adaptive); "
+                             "int8 needs that pair's policy and traces (its own pair id)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="at most this many prompts (quick runs)")
     parser.add_argument("--per-category", type=int, default=None,
                         help="at most this many held-out prompts of each category (shorter, still balanced runs)")
@@ -199,7 +203,10 @@ def main() -> None:
     random.Random(args.seed).shuffle(held_out)
     held_out = round_robin(held_out)  # a run cut short (or --limit) still covers the categories evenly
     held_out = held_out[: args.limit] if args.limit else held_out
-    pair = load_pair(dtype="bfloat16")
+    pair_id = int8_pair_id(DEFAULT_PAIR) if args.draft_quantize == "int8" else DEFAULT_PAIR
+    if pair_id != policy_file.pair_id:  # before the minute of loading
+        parser.error(f"{args.policy} is for pair {policy_file.pair_id!r}; this run's pair is {pair_id!r}")
+    pair = load_pair(dtype="bfloat16", draft_quantize=args.draft_quantize)
     tok = pair.tokenizer
     drift = {}
     if args.calibrate:
@@ -273,6 +280,7 @@ def main() -> None:
     def meta(done: int) -> dict:
         return {"prompts": done, "prompts_planned": len(held_out), "partial": done < len(held_out),
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policy": str(args.policy),
+                "draft_quantize": args.draft_quantize,
                 "traces": str(args.traces), "best_fixed": best_fixed.name, "best_plain_fixed": best_plain.name,
                 "per_category_oracle": {c: p.name for c, p in per_class.items()}, "replay_picks": replay_picks,
                 "command": "python " + " ".join(sys.argv)}  # fmt: skip
@@ -423,11 +431,16 @@ def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
     }
 
 
+def _draft_note(meta) -> str:
+    return " (the draft with int8 linear layers, in every configuration that drafts)" if meta.get(
+        "draft_quantize") == "int8" else ""
+
+
 def markdown(summary, meta) -> str:
     tps = summary["tokens_per_s"]
     classes = [c for c in next(iter(tps.values())) if c != "all"] + ["all"]
     lines = ["# Adaptive benchmark", "",
-             f"Reference pair, bf16, {meta['threads']} threads, greedy, {meta['max_new_tokens']} new tokens, "
+             f"Reference pair, bf16{_draft_note(meta)}, {meta['threads']} threads, greedy, {meta['max_new_tokens']} new tokens, "
              f"{meta['prompts']} held-out Spec-Bench prompts (categories in turn), every configuration interleaved per prompt. "
              f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**; of the issue's set (model draft "
              f"k = 1..8, prompt lookup): **{meta.get('best_plain_fixed', meta['best_fixed'])}**. "
