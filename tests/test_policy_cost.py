@@ -61,6 +61,12 @@ def test_despiking_replaces_isolated_spikes_and_keeps_real_shape():
     assert clean.seconds[0][-1] == pytest.approx(0.472 + 0.164 / 12) and clean.seconds[1][0] == pytest.approx(0.304)
     assert clean(1, 1024) == pytest.approx(0.304)  # ...and not carried into the copy
     assert clean.seconds[0][:5] == table.seconds[0][:5]  # a 1-token forward 20% above a 2-token one is real: kept
+    # measured at context 1024 (2026-11-29): 28% above the 2-token forward, real (a 25% rule replaced it, and the
+    # table then priced plain steps 15% under what decoding paid); 1.7x is not
+    slow_first = CostTable(tokens=[1, 2, 3], contexts=[1024], seconds=[[0.284, 0.221, 0.237]])
+    assert slow_first.despiked()[1] == 0
+    spiked_first = CostTable(tokens=[1, 2, 3], contexts=[1024], seconds=[[0.376, 0.221, 0.237]])
+    assert spiked_first.despiked()[0].seconds == [[0.221, 0.221, 0.237]]
     linear = CostTable(tokens=[1, 8, 16, 24, 32], contexts=[0], seconds=[[0.01, 0.08, 0.16, 0.24, 0.32]])
     assert linear.despiked()[1] == 0  # cost growing with tokens (a compute-bound device) is no spike
     again, none = clean.despiked()
