@@ -440,7 +440,8 @@ def markdown(summary, meta) -> str:
     tps = summary["tokens_per_s"]
     classes = [c for c in next(iter(tps.values())) if c != "all"] + ["all"]
     lines = ["# Adaptive benchmark", "",
-             f"Reference pair, bf16{_draft_note(meta)}, {meta['threads']} threads, greedy, {meta['max_new_tokens']} new tokens, "
+             f"Reference pair, bf16{_draft_note(meta)}, {meta['threads']} threads, greedy, "
+             f"{meta['max_new_tokens']} new tokens, "
              f"{meta['prompts']} held-out Spec-Bench prompts (categories in turn), every configuration interleaved per prompt. "
              f"Best single fixed configuration in hindsight: **{meta['best_fixed']}**; of the issue's set (model draft "
              f"k = 1..8, prompt lookup): **{meta.get('best_plain_fixed', meta['best_fixed'])}**. "

@@ -153,7 +153,8 @@ def main() -> None:
         gen.generate(warm, max_new_tokens=8)
     result = audit(pair, policy_file.cost, configs, picked, args.max_new_tokens)
     policy = args.policy.resolve()
-    meta = {"policy": str(policy.relative_to(ROOT) if policy.is_relative_to(ROOT) else policy), "measured_at": policy_file.cost.measured_at, "prompts": len(picked),
+    shown = policy.relative_to(ROOT) if policy.is_relative_to(ROOT) else policy
+    meta = {"policy": str(shown), "measured_at": policy_file.cost.measured_at, "prompts": len(picked),
             "max_new_tokens": args.max_new_tokens, "command": "python " + " ".join(sys.argv)}  # fmt: skip
     doc = {"meta": meta, "audit": result}
     write_results(args.out, doc, markdown(doc))
