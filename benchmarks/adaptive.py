@@ -45,10 +45,10 @@ from off_path import summarize as off_summary  # noqa: E402
 
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
 from adaptive_spec.models import DEFAULT_PAIR, DRAFT_QUANTIZATIONS, configure_threads, load_pair  # noqa: E402
-from adaptive_spec.models.load import int8_pair_id  # noqa: E402
+from adaptive_spec.models.load import quantized_pair_id  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
 from adaptive_spec.policy.cost import CostModel  # noqa: E402
-from adaptive_spec.policy.file import load_policy_file  # noqa: E402
+from adaptive_spec.policy.file import PolicyFileError, load_policy_file  # noqa: E402
 from adaptive_spec.policy.train import split_by_class  # noqa: E402
 from adaptive_spec.prompts import chat_ids  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
@@ -194,7 +194,10 @@ def main() -> None:
     if args.traces is None:
         parser.error("--traces is required (unless --resummarize)")
     configure_threads(args.threads)
-    policy_file = load_policy_file(args.policy)
+    try:  # the pair this run loads must be the policy's: checked before the minute of loading
+        policy_file = load_policy_file(args.policy, quantized_pair_id(DEFAULT_PAIR, args.draft_quantize))
+    except PolicyFileError as error:
+        parser.error(str(error))
     traces = read_traces(args.traces, pair_id=policy_file.pair_id)
     held_out = list(traces) if args.all_held_out else split_by_class(traces, args.held_out, args.seed)[1]
     if args.per_category:
@@ -203,9 +206,6 @@ def main() -> None:
     random.Random(args.seed).shuffle(held_out)
     held_out = round_robin(held_out)  # a run cut short (or --limit) still covers the categories evenly
     held_out = held_out[: args.limit] if args.limit else held_out
-    pair_id = int8_pair_id(DEFAULT_PAIR) if args.draft_quantize == "int8" else DEFAULT_PAIR
-    if pair_id != policy_file.pair_id:  # before the minute of loading
-        parser.error(f"{args.policy} is for pair {policy_file.pair_id!r}; this run's pair is {pair_id!r}")
     pair = load_pair(dtype="bfloat16", draft_quantize=args.draft_quantize)
     tok = pair.tokenizer
     drift = {}

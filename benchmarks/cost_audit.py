@@ -23,12 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
-from adaptive_spec.models import DRAFT_QUANTIZATIONS, configure_threads, load_pair  # noqa: E402
+from adaptive_spec.models import DEFAULT_PAIR, DRAFT_QUANTIZATIONS, configure_threads, load_pair  # noqa: E402
+from adaptive_spec.models.load import quantized_pair_id  # noqa: E402
 from adaptive_spec.policy.base import FixedPolicy  # noqa: E402
 from adaptive_spec.policy.cost import CostModel  # noqa: E402
-from adaptive_spec.policy.file import load_policy_file  # noqa: E402
+from adaptive_spec.policy.file import PolicyFileError, load_policy_file  # noqa: E402
 from adaptive_spec.traces.format import read_traces  # noqa: E402
 
+from adaptive import round_robin  # noqa: E402  (benchmarks/adaptive.py: one prompt of each category in turn)
 from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -125,17 +127,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "cost_audit")
     args = parser.parse_args()
 
-    policy_file = load_policy_file(args.policy)
-    picked, seen = [], set()
-    for trace in read_traces(args.traces, pair_id=policy_file.pair_id):
-        if trace.request_class not in seen:
-            seen.add(trace.request_class)
-            picked.append(trace)
-    picked = picked[: args.prompts]
+    try:  # the pair this run loads must be the policy's: checked before loading
+        policy_file = load_policy_file(args.policy, quantized_pair_id(DEFAULT_PAIR, args.draft_quantize))
+    except PolicyFileError as error:
+        parser.error(str(error))
+    picked = round_robin(list(read_traces(args.traces, pair_id=policy_file.pair_id)))[: args.prompts]
     configure_threads(args.threads)
     pair = load_pair(dtype="bfloat16", draft_quantize=args.draft_quantize)
-    if pair.pair_id != policy_file.pair_id:
-        parser.error(f"{args.policy} is for pair {policy_file.pair_id!r}, the loaded pair is {pair.pair_id!r}")
 
     def generator(policy):
         return AdaptiveGenerator(pair.target, pair.draft, pair.tokenizer, policy=policy)

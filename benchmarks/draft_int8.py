@@ -27,7 +27,8 @@ from results_files import write_results
 
 from adaptive_spec.engine import PLAIN_STEP, ModelDrafter, SpeculativeEngine, StopRule, fixed
 from adaptive_spec.generator import AdaptiveGenerator
-from adaptive_spec.models import configure_threads, load_pair, quantize_draft
+from adaptive_spec.models import DEFAULT_PAIR, configure_threads, load_pair, quantize_draft
+from adaptive_spec.models.load import quantized_pair_id
 from adaptive_spec.policy.file import default_policy_path
 from adaptive_spec.policy.calibrate import hardware
 from adaptive_spec.prompts import chat_ids
@@ -39,7 +40,7 @@ from adaptive_spec.traces.workload import read_workload
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_BENCH = ROOT.parent / "shared" / "data" / "spec_bench_questions.jsonl"
 KS = (2, 4)
-PAIR_IDS = {"bf16": "qwen2.5-coder", "int8": "qwen2.5-coder+int8-draft"}
+PAIR_IDS = {"bf16": DEFAULT_PAIR, "int8": quantized_pair_id(DEFAULT_PAIR, "int8")}
 
 
 def step_ms(model, context: int = 200, steps: int = 12) -> float:

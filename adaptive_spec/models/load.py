@@ -185,7 +185,8 @@ def load_pair(
         check_compatible(tokenizer, load_tokenizer(draft, settings))
         draft_model = load_model(draft, dtype, device, settings)
         if draft_quantize == "int8":
-            draft_model, pair_id = quantize_draft(draft_model), int8_pair_id(pair_id)
+            draft_model = quantize_draft(draft_model)
+        pair_id = quantized_pair_id(pair_id, draft_quantize)
     target_model = load_model(target, dtype, device, settings)
     for model in (target_model, draft_model):
         if model is not None:
@@ -196,6 +197,12 @@ def load_pair(
 def int8_pair_id(pair_id: str) -> str:
     """The id of a pair whose draft runs in int8: its costs, hence its policy, are not the bfloat16 draft's."""
     return f"{pair_id}+int8-draft"
+
+
+def quantized_pair_id(pair_id: str, draft_quantize: str) -> str:
+    """The id ``load_pair(..., draft_quantize=...)`` gives a pair: known before loading, so a caller can check a
+    policy file or traces against it first."""
+    return int8_pair_id(pair_id) if draft_quantize == "int8" else pair_id
 
 
 def pair_id_of(target: PreTrainedModel, draft: PreTrainedModel | None = None) -> str | None:
