@@ -120,6 +120,78 @@ def test_lookup_is_used_when_the_context_repeats():
     assert decision.drafter == "lookup" and decision.k >= 4
 
 
+def _copy_request(p: AdaptivePolicy, rounds: int, model_accepts: int = 1) -> tuple[list[str], object]:
+    """A request whose answer copies its prompt (the case of summaries and RAG): each round the model draft gets
+    ``model_accepts`` tokens accepted, a lookup proposal all of its tokens. Returns the drafters run, the session."""
+    prompt = list(range(200, 260))
+    answer = prompt[:]  # the target copies the prompt, token for token
+    session = p.start(RequestInfo(request_class="sum"))
+    tokens, made = prompt + [answer[0]], []
+    for _ in range(rounds):
+        d = session.decide(RoundState(len(tokens) - 60, 100, torch.tensor(tokens), None, list(tokens)))
+        made.append(d.drafter)
+        done = len(tokens) - 60
+        if d.drafter == "lookup":
+            accepted = min(d.k, len(answer) - done - 1)
+            record = RoundRecord("lookup", d.k, d.k, accepted, accepted + 1, len(tokens), 1e-4, 0.12)
+        else:
+            accepted = min(model_accepts, d.k) if d.k else 0
+            record = RoundRecord(d.drafter, d.k, d.k, accepted, accepted + 1, len(tokens), 0.04 * d.k, 0.12)
+        session.on_round(record)
+        tokens += answer[done : done + accepted + 1]
+    return made, session
+
+
+def test_a_lookup_proposal_not_run_is_judged_against_the_tokens_the_round_emitted():
+    """Where the model draft wins every round, lookup's acceptance would otherwise stay at its prior: its proposal
+    is scored against what the round emitted (the target's tokens), in the request and in the class apart from
+    its rounds ('<kind>.shadow'); a proposal that foresaw all of a round's tokens marks a copied span (streak)."""
+    p = policy(ControllerConfig(prior_lookup_accept=0.1))
+    warm(p.estimator, "sum", 0.95)  # the draft is accepted well: it beats lookup at its (low) prior
+    made, session = _copy_request(p, 1, model_accepts=3)
+    assert made == ["model"]
+    d = session.decide(RoundState(5, 100, torch.arange(5), None, list(range(200, 260)) + list(range(200, 205))))
+    seen = session.lookup_seen.by_drafter
+    # the proposal (the 16 tokens after the prompt's first 200) against the 4 emitted: all 4 judged, all matched
+    assert seen["lookup.n1"].tried[:5] == [1, 1, 1, 1, 0] and seen["lookup.n1"].accepted[:5] == [1, 1, 1, 1, 0]
+    assert session.last_lookup_full and d is not None
+    assert p.estimator.estimate("sum", "lookup.n1.shadow").draft_tokens == 0  # the class counts them at the end
+    assert session.finish().extra["lookup_shadow"] == {"proposals": 1, "judged": 4, "matched": 4}
+    shadow = p.estimator.estimate("sum", "lookup.n1.shadow")
+    assert shadow.draft_tokens == 4 and shadow.accepted_tokens == 4
+    assert p.estimator.estimate("sum", "lookup.n1").rounds == 0  # no lookup round ran
+
+    # a proposal that went wrong at its third token: judged up to the miss
+    p = policy(ControllerConfig(prior_lookup_accept=0.1))
+    warm(p.estimator, "sum", 0.95)
+    session = p.start(RequestInfo(request_class="sum"))
+    prompt = list(range(200, 260))
+    assert session.decide(RoundState(1, 100, torch.tensor(prompt + [200]), None, prompt + [200])).drafter == "model"
+    session.on_round(RoundRecord("model", 4, 4, 3, 4, 61, 0.16, 0.12))
+    session.decide(RoundState(5, 100, torch.arange(65), None, prompt + [200, 201, 202, 999, 5]))
+    counts = session.lookup_seen.by_drafter["lookup.n1"]
+    assert counts.tried[:4] == [1, 1, 1, 0] and counts.accepted[:4] == [1, 1, 0, 0]
+    assert not session.last_lookup_full
+
+
+def test_judged_lookup_proposals_turn_lookup_on_where_it_copies():
+    """A copying request of a class whose draft is accepted well: lookup, never run, starts from its prior and
+    loses to the draft until the request's own rounds sink the draft's price; judged unrun, it takes over at once."""
+    made = {}
+    for judge in (True, False):
+        p = policy(ControllerConfig(lookup_shadow=judge, prior_lookup_accept=0.1))
+        warm(p.estimator, "sum", 0.95)
+        made[judge], session = _copy_request(p, 12, model_accepts=2)
+    first = {judge: drafters.index("lookup") if "lookup" in drafters else len(drafters)
+             for judge, drafters in made.items()}  # fmt: skip
+    # judged: two model rounds show lookup would copy, and it stays; unjudged: lookup waits until the request's
+    # own poor draft rounds have pulled the draft's price below lookup's prior
+    assert first[True] <= 2 and set(made[True][first[True] :]) == {"lookup"}
+    assert first[False] >= 6
+    assert "lookup_shadow" not in policy(ControllerConfig(lookup_shadow=False)).start(
+        RequestInfo(request_class="sum")).report.extra  # fmt: skip
+
+
 @pytest.mark.parametrize("given", ["matching", "other", "none"])
 def test_prompt_indexed_at_start_decides_like_indexing_in_rounds(given):
     """The session indexes the request's prompt for lookup when it starts; a prompt that is not what the engine

@@ -22,7 +22,10 @@ Per round it compares, at the current context length (costs from the calibrated 
   widened by the siblings they verified;
 - prompt lookup, when it has a proposal here: per-position acceptance for this kind of proposal (the n-gram size
   it came from, or "streak": the previous lookup round was accepted in full, as inside a copied span), blended the
-  same way, and the k up to the proposal's length that maximises the expected rate.
+  same way, and the k up to the proposal's length that maximises the expected rate. A proposal the round does not
+  run is still judged (``lookup_shadow``): against the tokens that round emitted, which are the target's whatever
+  drafted them, so lookup's acceptance is measured where a model draft serves, at no cost, instead of staying at its
+  prior there (in summaries of long articles the draft won every round while lookup would have copied 5x faster).
 
 Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
@@ -54,6 +57,7 @@ from ..engine.lookup import LookupIndex
 from ..logs import get_logger
 from ..records import RoundRecord
 from ..stats import AlphaEstimator, Estimate
+from ..stats.request import DrafterCounts
 from .base import RequestInfo, RequestReport
 from .cost import CostModel, CostTable
 
@@ -179,6 +183,10 @@ class ControllerConfig(BaseModel):
     refresh_tokens: int = Field(128, ge=1, description="re-price rounds after the context grows this much")
     catchup_amortize: float = Field(4.0, ge=1, description="a long draft catch-up is spread over the model rounds "
                                     "left in the request (tokens left / tokens per round), at most this many")  # fmt: skip
+    lookup_shadow: bool = Field(True, description="judge the lookup proposal a round did not run against the tokens "
+                                "it emitted (the target's): counted per position for that kind of proposal, in the "
+                                "request and, as '<kind>.shadow', in the class; one whose every judged token (at "
+                                "least 2) matched marks a copied span, like a lookup round accepted in full")  # fmt: skip
     lookup_extension: int = Field(0, ge=0, le=16, description="after a model-type draft, prompt lookup may append "
                                   "up to this many tokens continuing it (verified in the same forward)")  # fmt: skip
     sibling_below: float = Field(0.0, ge=0, le=1, description="greedy: verify a model-type drafter's second choice "
@@ -407,6 +415,12 @@ class AdaptiveSession:
         self.surprised = False  # a drafter's acceptance in this request fell far below its class's (once)
         self.last_lookup_full = False
         self.pending_key = NO_DRAFTER
+        # lookup proposals judged in this request, run or not (``lookup_shadow``), by kind: what _best_lookup_k reads
+        self.lookup_seen = est.new_request()
+        self.judge_unrun = self.use_lookup and config.lookup_shadow
+        self.lookup_offer: str | None = None  # the kind of lookup proposal this decision had, if any
+        self.lookup_unrun: tuple[int, str, list[int]] | None = None  # (context length, kind, tokens) to judge
+        self.lookup_judged: list[tuple[str, int, int, int, int]] = []  # (kind, k, tried, matched, context length)
         # for the report's estimated speedup: this request's rounds (measured, or priced in replay), what plain
         # decoding of its tokens costs by the cost model, and its verify forwards measured and priced
         self.round_s = self.plain_priced_s = self.verify_measured_s = self.verify_priced_s = 0.0
@@ -433,8 +447,11 @@ class AdaptiveSession:
         context_len = len(state.tokens) if state.tokens is not None else state.context.numel()
         if self.costs is None or context_len - self.costs.context >= self.refresh_tokens:
             self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.pad_plain)
+        self.lookup_offer = None
         decision, key = self._choose(state, context_len)
         self.pending_key = key
+        if self.lookup_offer is not None and not key.startswith(LOOKUP):  # judged once this round's tokens are known
+            self.lookup_unrun = (len(self.lookup.tokens), self.lookup_offer, self.lookup.propose(self.lookup_k)[0])
         return decision
 
     def _choose(self, state: RoundState, context_len: int) -> tuple[Decision, str]:
@@ -455,9 +472,13 @@ class AdaptiveSession:
                     lookup.reset()
             seen = len(lookup.tokens)
             lookup.extend(state.tokens[seen:] if state.tokens is not None else state.context[seen:].tolist())
+            if self.lookup_unrun is not None:
+                self._judge_unrun_lookup()
             available, ngram = lookup.proposal_length(self.lookup_k)
             if available and ngram >= self.lookup_min_ngram:
                 key = lookup_key(ngram, self.last_lookup_full)
+                if self.judge_unrun:
+                    self.lookup_offer = key
                 k, rate = self._best_lookup_k(key, available)
                 if rate > best_rate:
                     best_rate, best, best_key = rate, _LOOKUP_DECISIONS[k], key
@@ -489,6 +510,29 @@ class AdaptiveSession:
             self.probe_turn += 1
             return self.models[name].probe, name
         return best, best_key
+
+    def _judge_unrun_lookup(self) -> None:
+        """Score the lookup proposal the previous round did not run against the tokens it emitted: the target's
+        tokens whatever drafted them (greedy: its argmax; sampling: a sample, which matches a proposed token with
+        the probability that token would have been accepted). Positions past the emitted tokens are not judged."""
+        start, key, proposal = self.lookup_unrun
+        self.lookup_unrun = None
+        emitted = self.lookup.tokens[start : start + len(proposal)]
+        judged = len(emitted)
+        if not judged:
+            return
+        matched = 0
+        while matched < judged and proposal[matched] == emitted[matched]:
+            matched += 1
+        if matched == judged >= 2:  # lookup foresaw all the round emitted: a copied span, as after a full lookup round
+            self.last_lookup_full = True
+        tried = min(matched + 1, judged)
+        counts = self.lookup_seen.by_drafter.get(key)
+        if counts is None:
+            counts = self.lookup_seen.by_drafter[key] = DrafterCounts(self.lookup_seen.max_positions)
+        counts.add_round(tried, matched)
+        # the class counts them when the request ends (a request reads its class once, at its start)
+        self.lookup_judged.append((key, len(proposal), tried, matched, start))
 
     def _with_shadow(self, decision: Decision, name: str) -> Decision:
         """``decision`` asking for ``name``'s shadow token, made once per decision object (decisions are shared,
@@ -645,15 +689,22 @@ class AdaptiveSession:
         return (d.prior_accepted, d.prior_proposed) if d is not None and d.prior_accepted is not None else None
 
     def _lookup_class_side(self, key: str) -> tuple[array, array]:
-        """Per position: (weight x class mean, weight) for this kind of lookup proposal, read once per request."""
+        """Per position: (weight x class mean, weight) for this kind of lookup proposal, read once per request: its
+        rounds and, with ``lookup_shadow``, its proposals judged without running (each weighted by its tries)."""
         blend = self.lookup_blend.get(key)
         if blend is None:
-            estimate = self.policy.estimator.estimate(self.request_class, key)
+            estimator = self.policy.estimator
+            estimates = [estimator.estimate(self.request_class, key)]
+            if self.judge_unrun:
+                estimates.append(estimator.estimate(self.request_class, shadow_key(key)))
+            estimates = [e for e in estimates if e.has_data]
             sums, weights = [], []
             for j in range(self.requests.max_positions):
-                if estimate.has_data and estimate.tried[j] > 0:
-                    p = estimate.positions[j]
-                    mean, weight = p.mean, min(p.weight, self.config.prior_weight)
+                tried = sum(e.tried[j] for e in estimates)
+                if tried > 0:
+                    mean = sum(e.positions[j].mean * e.tried[j] for e in estimates) / tried
+                    weight = min(sum(e.positions[j].weight for e in estimates if e.tried[j] > 0),
+                                 self.config.prior_weight)  # fmt: skip
                 else:
                     mean, weight = self.config.prior_lookup_accept, 2.0
                 sums.append(mean * weight)
@@ -665,7 +716,7 @@ class AdaptiveSession:
         """The k up to the proposal's length with the highest expected rate; positions past the counters' reuse
         the last one."""
         sums, weights = self._lookup_class_side(key)
-        mine = self.requests.by_drafter.get(key)
+        mine = self.lookup_seen.by_drafter.get(key)
         last = len(sums) - 1
         round_s = self.costs.lookup_round
         best_k, best_rate = 1, 0.0
@@ -714,6 +765,8 @@ class AdaptiveSession:
         if key != record.drafter:
             record = dataclasses.replace(record, drafter=key)
         self.requests.observe(record)
+        if key.startswith(LOOKUP):
+            self.lookup_seen.observe(record)
         self.policy.estimator.observe(self.request_class, record)
         if model is not None and not self.surprised and len(self.models) > 1:
             self._check_surprise(model)
@@ -767,8 +820,15 @@ class AdaptiveSession:
             self.report.extra["surprise"] = {"drafter": model.name, "round": self.report.rounds, "z": round(z, 2)}
 
     def finish(self) -> RequestReport:
-        self.policy.estimator.observe_request_end(self.request_class, self.requests)
-        r = self.report
+        estimator, r = self.policy.estimator, self.report
+        judged = self.lookup_judged
+        for key, k, tried, matched, context_len in judged:
+            record = RoundRecord(shadow_key(key), k, tried, matched, 0, context_len, 0.0, 0.0)
+            estimator.observe(self.request_class, record)
+        estimator.observe_request_end(self.request_class, self.requests)
+        if judged:
+            r.extra["lookup_shadow"] = {"proposals": len(judged), "judged": sum(x[2] for x in judged),
+                                        "matched": sum(x[3] for x in judged)}  # fmt: skip
         # plain decoding's time for these tokens: the cost model's price, scaled by how fast this request's verify
         # forwards ran against their prices (the machine is rarely as fast as on the day it was calibrated)
         drift = self.verify_measured_s / self.verify_priced_s if self.verify_priced_s else 1.0

@@ -25,9 +25,12 @@ class DrafterCounts:
         self.accepted = [0] * max_positions  # [K] rounds that accepted position j + 1
 
     def add(self, record: RoundRecord) -> None:
-        proposed, accepted = record.proposed, record.accepted
+        self.add_round(record.proposed, record.accepted, record.emitted)
+
+    def add_round(self, proposed: int, accepted: int, emitted: int = 0) -> None:
+        """A round's counts without its record (the controller judges unrun lookup proposals in its hot path)."""
         self.rounds += 1
-        self.emitted_tokens += record.emitted
+        self.emitted_tokens += emitted
         if proposed == 0:
             self.empty_rounds += 1
             return
