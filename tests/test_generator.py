@@ -62,8 +62,9 @@ def test_lossless_while_the_controller_switches(pair, probe_every):
     from adaptive_spec.generator import policy_from_file
 
     target, draft = pair
-    # an expensive draft: the model is mostly off and comes back in probes (off -> on transitions)
-    inner = policy_from_file(tiny_policy(0.2, probe_every=probe_every, probe_k=2, hysteresis=0.0,
+    # an expensive draft: the model is mostly off and comes back in probes (off -> on transitions), which here
+    # must run whatever they cost (probe_budget unbounded)
+    inner = policy_from_file(tiny_policy(0.2, probe_every=probe_every, probe_k=2, hysteresis=0.0, probe_budget=1e6,
                                          default=ClassSettings(model=DraftSettings(threshold=0.3, max_k=6))))  # fmt: skip
     policy = Recording(inner)
     gen = AdaptiveGenerator(target, draft, policy=policy)

@@ -110,6 +110,26 @@ def test_switched_off_model_is_reprobed():
     assert len(probes) <= 40 // 8 + 1
 
 
+def test_a_probe_whose_catch_up_costs_more_than_its_budget_is_not_run():
+    """Where a draft forward costs what its tokens cost one by one (bf16 on a CPU without native bf16 dot
+    products), catching the draft up on the plain steps it sat out costs more than those steps' probe budget,
+    however long it waits: no probe, plain decoding. With the same costs and an unbounded budget it probes."""
+    linear = CostTable(tokens=[1, 32, 256], contexts=[100, 2000], seconds=[[0.04, 1.28, 10.24], [0.05, 1.6, 12.8]])
+    pricey = cost_model().model_copy(update={"drafts": {"model": linear}})
+    probes = {}
+    for budget in (0.1, 1e6):
+        p = AdaptivePolicy(pricey, AlphaEstimator(pair_id="test"), ControllerConfig(probe_every=8, probe_budget=budget))
+        warm(p.estimator, "chat", 0.05)
+        session = p.start(RequestInfo(request_class="chat"))
+        probes[budget] = 0
+        for i in range(60):
+            decision = session.decide(state(100 + i, 10 + i))
+            probes[budget] += decision.drafter == "model"
+            session.on_round(model_round(decision.k, 0, 100 + i) if decision.drafter == "model"
+                             else RoundRecord(NO_DRAFTER, 0, 0, 0, 1, 100 + i, 0.0, 0.1))  # fmt: skip
+    assert probes[0.1] == 0 and probes[1e6] >= 5
+
+
 def test_lookup_is_used_when_the_context_repeats():
     p = policy()
     for _ in range(50):  # lookup proposals of this kind were accepted in full

@@ -29,7 +29,10 @@ Per round it compares, at the current context length (costs from the calibrated 
 
 Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
 is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
-stuck off. A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
+stuck off, where the probe's price over the plain step it replaces, its catch-up included, is within
+``probe_budget`` of the time those plain steps took (on a CPU whose multi-token forwards cost about what their
+tokens cost one by one, a draft catching up on 24 tokens costs ~9 plain steps: probing there cost 20% of every
+request in replay, and no probe could ever pay). A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
 tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified), and
 from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). A drafter
 tried in a request (that, or ``explore_within``) is drafted with for ``explore_rounds``, unless it is cheap (a
@@ -180,6 +183,9 @@ class ControllerConfig(BaseModel):
     hysteresis: float = Field(0.05, ge=0, lt=1, description="relative margin to switch the model draft on/off")
     probe_every: int = Field(24, ge=1, description="plain steps before the switched-off model draft is re-tried")
     probe_k: int = Field(3, ge=1)
+    probe_budget: float = Field(0.1, gt=0, description="a probe runs only where its price over a plain step (its "
+                                "catch-up included) is at most this share of the plain steps' time since the "
+                                "drafter last ran")  # fmt: skip
     refresh_tokens: int = Field(128, ge=1, description="re-price rounds after the context grows this much")
     catchup_amortize: float = Field(4.0, ge=1, description="a long draft catch-up is spread over the model rounds "
                                     "left in the request (tokens left / tokens per round), at most this many")  # fmt: skip
@@ -430,6 +436,7 @@ class AdaptiveSession:
         self.keep_on, self.turn_on = 1 - config.hysteresis, 1 + config.hysteresis
         self.catchup_amortize, self.refresh_tokens = config.catchup_amortize, config.refresh_tokens
         self.generic_prior_weight, self.probe_every = config.generic_prior_weight, config.probe_every
+        self.probe_budget = config.probe_budget
         tries = config.explore_rounds or self.shadowable  # a drafter can be tried by rounds or by shadows
         self.explore_within = config.explore_within if len(self.models) > 1 and tries else 0.0
         self.checked_prompt = True
@@ -508,7 +515,11 @@ class AdaptiveSession:
                 and not any(m.on for m in self.models.values())):  # fmt: skip
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
-            return self.models[name].probe, name
+            model = self.models[name]
+            catchup = context_len - min(model.true_len, context_len - 1)
+            extra = costs.model_round(name, model.probe.k, catchup) - costs.verify[1]
+            if extra <= self.probe_budget * self.plain_since_model * costs.verify[1]:
+                return model.probe, name
         return best, best_key
 
     def _judge_unrun_lookup(self) -> None:
