@@ -32,9 +32,9 @@ is probed (in turn) with a short round every ``probe_every`` plain steps, so nei
 stuck off, where the probe's price over the plain step it replaces, its catch-up included, is within
 ``probe_budget`` of the time those plain steps took (on a CPU whose multi-token forwards cost about what their
 tokens cost one by one, a draft catching up on 24 tokens costs ~9 plain steps: probing there cost 20% of every
-request in replay, and no probe could ever pay). A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its class's
-tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified), and
-from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). A drafter
+request in replay, and no probe could ever pay). A request whose own acceptance of a drafter falls ``surprise_z``
+standard deviations below its class's tries the other model-type drafters it has not run, once (a request unlike
+its class, e.g. misclassified), and from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). A drafter
 tried in a request (that, or ``explore_within``) is drafted with for ``explore_rounds``, unless it is cheap (a
 draft head): then ``shadow_rounds`` shadow tokens beside the other drafters' rounds score its first position, and
 the class's estimate of it is rescaled by how they compare with the class's first-position acceptance (exploring
