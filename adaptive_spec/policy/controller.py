@@ -27,20 +27,20 @@ Per round it compares, at the current context length (costs from the calibrated 
   drafted them, so lookup's acceptance is measured where a model draft serves, at no cost, instead of staying at its
   prior there (in summaries of long articles the draft won every round while lookup would have copied 5x faster).
 
-Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one
-is probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets
-stuck off, where the probe's price over the plain step it replaces, its catch-up included, is within
-``probe_budget`` of the time those plain steps took (on a CPU whose multi-token forwards cost about what their
-tokens cost one by one, a draft catching up on 24 tokens costs ~9 plain steps: probing there cost 20% of every
-request in replay, and no probe could ever pay). A request whose own acceptance of a drafter falls ``surprise_z``
-standard deviations below its class's tries the other model-type drafters it has not run, once (a request unlike
-its class, e.g. misclassified), and from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). A drafter
-tried in a request (that, or ``explore_within``) is drafted with for ``explore_rounds``, unless it is cheap (a
-draft head): then ``shadow_rounds`` shadow tokens beside the other drafters' rounds score its first position, and
-the class's estimate of it is rescaled by how they compare with the class's first-position acceptance (exploring
-a head by drafting cost ~3% of a code request the generic draft served better, plus the draft's catch-up). Class
-statistics come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round
-is arithmetic on cached numbers.
+Model-type drafters are switched off and on with hysteresis (no flapping near break-even); while all are off, one is
+probed (in turn) with a short round every ``probe_every`` plain steps, so neither a request nor a class gets stuck
+off, where the probe's price over the plain step it replaces, its catch-up included, is within ``probe_budget`` of
+the time those plain steps took (on a CPU whose multi-token forwards cost about what their tokens cost one by one, a
+draft catching up on 24 tokens costs ~9 plain steps: probing there cost 20% of every request in replay, and no probe
+could ever pay). A request whose own acceptance of a drafter falls ``surprise_z`` standard deviations below its
+class's tries the other model-type drafters it has not run, once (a request unlike its class, e.g. misclassified),
+and from then on weighs the class's estimate of that drafter as a guess (``generic_prior_weight`` rounds). A drafter
+tried in a request (that, or ``explore_within``) is drafted with for ``explore_rounds``, unless it is cheap (a draft
+head): then ``shadow_rounds`` shadow tokens beside the other drafters' rounds score its first position, and the
+class's estimate of it is rescaled by how they compare with the class's first-position acceptance (exploring a head
+by drafting cost ~3% of a code request the generic draft served better, plus the draft's catch-up). Class statistics
+come from the ``AlphaEstimator`` (memory or Redis) and are read once per request; everything per round is arithmetic
+on cached numbers.
 """
 
 from __future__ import annotations
