@@ -60,7 +60,6 @@ from ..engine.lookup import LookupIndex
 from ..logs import get_logger
 from ..records import RoundRecord
 from ..stats import AlphaEstimator, Estimate
-from ..stats.request import DrafterCounts
 from .base import RequestInfo, RequestReport
 from .cost import CostModel, CostTable
 
@@ -375,6 +374,10 @@ class _ModelDrafter:
         self.class_alpha1 = 0.0
         self.shadow_base: tuple[float, float] | None = None
 
+    def catchup(self, context_len: int) -> int:
+        """Tokens this drafter's first forward of a round at ``context_len`` feeds (at least the pending one)."""
+        return context_len - min(self.true_len, context_len - 1)
+
 
 class AdaptiveSession:
     """One request's state: its own counts, the class estimates read at its start, each model drafter's on/off."""
@@ -516,8 +519,7 @@ class AdaptiveSession:
             name = self.drafters[self.probe_turn % len(self.drafters)]  # a bounded probe, drafters in turn
             self.probe_turn += 1
             model = self.models[name]
-            catchup = context_len - min(model.true_len, context_len - 1)
-            extra = costs.model_round(name, model.probe.k, catchup) - costs.verify[1]
+            extra = costs.model_round(name, model.probe.k, model.catchup(context_len)) - costs.verify[1]
             if extra <= self.probe_budget * self.plain_since_model * costs.verify[1]:
                 return model.probe, name
         return best, best_key
@@ -538,10 +540,7 @@ class AdaptiveSession:
         if matched == judged >= 2:  # lookup foresaw all the round emitted: a copied span, as after a full lookup round
             self.last_lookup_full = True
         tried = min(matched + 1, judged)
-        counts = self.lookup_seen.by_drafter.get(key)
-        if counts is None:
-            counts = self.lookup_seen.by_drafter[key] = DrafterCounts(self.lookup_seen.max_positions)
-        counts.add_round(tried, matched)
+        self.lookup_seen.observe_counts(key, tried, matched)
         # the class counts them when the request ends (a request reads its class once, at its start)
         self.lookup_judged.append((key, len(proposal), tried, matched, start))
 
@@ -681,7 +680,7 @@ class AdaptiveSession:
             accepted = (model.class_accepted + mine.accepted_tokens) / (model.weight + mine.rounds)
             proposed = (model.class_proposed + mine.draft_tokens) / (model.weight + mine.rounds)
             rounds = mine.speculative_rounds
-        catchup = context_len - min(model.true_len, context_len - 1)
+        catchup = model.catchup(context_len)
         # siblings (none unless the decision asks for them): what this request's rounds found, shrunk towards none
         # (a prior of 0.15 accepted per round, or more, replayed worse on the 52 committed traces: the gain is small
         # and varies by request)

@@ -78,10 +78,17 @@ class RequestStats:
         self.by_drafter: dict[str, DrafterCounts] = {}
 
     def observe(self, record: RoundRecord) -> None:
-        counts = self.by_drafter.get(record.drafter)
+        self._counts_for(record.drafter).add(record)
+
+    def observe_counts(self, drafter: str, proposed: int, accepted: int, emitted: int = 0) -> None:
+        """A round of ``drafter`` from its counts alone (no record to build in the controller's hot path)."""
+        self._counts_for(drafter).add_round(proposed, accepted, emitted)
+
+    def _counts_for(self, drafter: str) -> DrafterCounts:
+        counts = self.by_drafter.get(drafter)
         if counts is None:
-            counts = self.by_drafter[record.drafter] = DrafterCounts(self.max_positions)
-        counts.add(record)
+            counts = self.by_drafter[drafter] = DrafterCounts(self.max_positions)
+        return counts
 
     def counts(self, drafter: str) -> DrafterCounts:
         """This request's counts for ``drafter`` (all zero if it never ran)."""
