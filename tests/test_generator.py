@@ -21,6 +21,9 @@ def tiny_policy(draft_s: float = 0.03, **controller) -> PolicyFile:
     target = CostTable(tokens=[1, 4, 8, 17], contexts=[16, 512], seconds=[[0.1, 0.11, 0.13, 0.16], [0.12, 0.13, 0.15, 0.19]])
     draft = CostTable(tokens=[1, 32], contexts=[16, 512], seconds=[[draft_s, draft_s + 0.02], [draft_s + 0.01, draft_s + 0.03]])
     cost = CostModel(pair_id="tiny", hardware="test", dtype="float32", target=target, drafts={"model": draft}, lookup_s=1e-4)
+    # These prices are fiction (the tiny models run in ~1 ms): tracking would replace them with measured times, and
+    # the decisions under test would follow timing noise. test_measured_costs_replace_fictional_ones tracks them.
+    controller.setdefault("track_costs", False)
     return PolicyFile(name="tiny", pair_id="tiny", cost=cost, controller=ControllerConfig(**controller))
 
 
@@ -111,6 +114,21 @@ def test_no_state_leaks_between_requests_except_the_store(pair):
         torch.tensor([PROMPTS[1]]), max_new_tokens=30, eos_token_id=-1, request_class="c"
     )
     assert [item for kind, item in fresh.log if kind == "decision"] == after_history
+
+
+def test_measured_costs_replace_fictional_ones(pair):
+    """The tiny models run ~100x faster than the policy's prices: after a request the controller decides with
+    measured ones, and its output is still the target's own."""
+    from adaptive_spec.generator import policy_from_file
+
+    target, draft = pair
+    policy = policy_from_file(tiny_policy(track_costs=True))
+    gen = AdaptiveGenerator(target, draft, policy=policy)
+    for prompt in PROMPTS[:2]:
+        out = gen.generate(torch.tensor([prompt]), max_new_tokens=30, eos_token_id=-1, request_class="c")
+        assert out.sequences[0].tolist() == reference(target, prompt, 30)
+    assert policy.cost is not policy.calibrated_cost
+    assert policy.cost.target(1, 64) < 0.2 * policy.calibrated_cost.target(1, 64)
 
 
 def test_drop_in_arguments(pair):

@@ -1,6 +1,7 @@
 """The adaptive controller: before every round, the drafting choice with the highest expected tokens per second.
 
-Per round it compares, at the current context length (costs from the calibrated ``CostModel``):
+Per round it compares, at the current context length (costs from the calibrated ``CostModel``, corrected by the
+round times the engine measures once they disagree with it: ``track_costs``, see ``cost_tracking``):
 
 - a plain step: 1 token per target forward. Where the cost model prices a 2-token forward below a 1-token one (bf16
   on this project's reference CPU), the plain step it returns is *padded* (``pad_plain``: the engine verifies a guess
@@ -62,6 +63,7 @@ from ..records import RoundRecord
 from ..stats import AlphaEstimator, Estimate
 from .base import RequestInfo, RequestReport
 from .cost import CostModel, CostTable
+from .cost_tracking import CostTracker
 
 log = get_logger("adaptive_spec.policy")
 
@@ -198,6 +200,12 @@ class ControllerConfig(BaseModel):
                                  "beside each drafted token it gave probability below this")  # fmt: skip
     pooled_refresh_s: float = Field(10.0, ge=0, description="re-read a drafter's statistics pooled over classes "
                                     "(a cold class's prior) at most this often")  # fmt: skip
+    track_costs: bool = Field(True, description="decide with the cost model corrected by the round times the engine "
+                              "measures, once they differ from it beyond cost_tolerance (a policy calibrated on "
+                              "other hardware; see cost_tracking)")  # fmt: skip
+    cost_tolerance: float = Field(0.25, gt=0, description="measured/calibrated round time off by more than this, "
+                                  "over at least 8 rounds of one forward width or drafter, before costs are "
+                                  "corrected")  # fmt: skip
     pad_plain: Literal["auto", "on", "off"] = Field("auto", description="plain steps verify a guess after the "
                                                     "pending token (the engine's padded plain step): 'auto' where "
                                                     "the cost model prices a 2-token forward below a 1-token one "
@@ -275,9 +283,10 @@ class AdaptivePolicy:
         ``measured_alpha``: per drafter, per class of its training traffic, the acceptance per draft position
         measured on held-out rows when it was trained (a draft head's ``heldout_alpha``): a class's cold start
         for that drafter, and a sign that other classes were not in its traffic."""
-        self.cost = cost
+        self.calibrated_cost = cost
         self.estimator = estimator or AlphaEstimator(pair_id=cost.pair_id)
         self.config = config or ControllerConfig()
+        self.cost_tracker = CostTracker(cost, self.config.cost_tolerance) if self.config.track_costs else None
         self.classifier = classifier
         names = list(cost.drafts) if model_drafters is None else list(model_drafters)
         missing = [n for n in names if n not in cost.drafts]
@@ -318,6 +327,12 @@ class AdaptivePolicy:
         if aliases:
             log.info("measured_alpha_aligned", drafter=drafter, aliases=aliases)
         return aliases
+
+    @property
+    def cost(self) -> CostModel:
+        """The cost model rounds are priced with: the calibrated one, or its correction by measured round times
+        (``track_costs``)."""
+        return self.calibrated_cost if self.cost_tracker is None else self.cost_tracker.cost
 
     def pooled(self, drafter: str) -> tuple[float, float, float] | None:
         """``drafter``'s (rounds, accepted, draft tokens) over every class, re-read at most every
@@ -418,6 +433,7 @@ class AdaptiveSession:
         self.lookup_blend: dict[str, tuple[array, array]] = {}
         self.lookup = LookupIndex()
         self.costs: _RoundCosts | None = None
+        self.costs_from: CostModel | None = None  # the cost model ``costs`` was tabulated from
         self.plain_since_model = 0
         self.shadow_decisions: dict[tuple[int, str], tuple[Decision, Decision]] = {}  # _with_shadow's copies
         self.probe_turn = 0
@@ -457,6 +473,10 @@ class AdaptiveSession:
         context_len = len(state.tokens) if state.tokens is not None else state.context.numel()
         if self.costs is None or context_len - self.costs.context >= self.refresh_tokens:
             self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.pad_plain)
+            self.costs_from = self.policy.cost
+        elif self.policy.cost is not self.costs_from:  # corrected by measured round times since
+            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.pad_plain)
+            self.costs_from = self.policy.cost
         self.lookup_offer = None
         decision, key = self._choose(state, context_len)
         self.pending_key = key
@@ -469,6 +489,9 @@ class AdaptiveSession:
         plain_rate = 1.0 / costs.verify[1]
         if self.mode == "off":
             return PLAIN_STEP, NO_DRAFTER
+        tracker = self.policy.cost_tracker
+        if tracker is not None and tracker.wants_width and self.mode != "on":  # costs off, one width measured
+            return (PLAIN_STEP if tracker.wants_width == 1 else PADDED_PLAIN_STEP), NO_DRAFTER
         forced = self.mode == "on"
         best_rate, best, best_key = (0.0 if forced else plain_rate), costs.plain_step, NO_DRAFTER  # "on": speculate
 
@@ -748,6 +771,8 @@ class AdaptiveSession:
     # --- learning -------------------------------------------------------------------------------------------------
 
     def on_round(self, record: RoundRecord) -> None:
+        if (tracker := self.policy.cost_tracker) is not None:
+            tracker.observe(record)
         key = record.drafter
         if record.drafter == LOOKUP:
             key = self.pending_key if self.pending_key.startswith(LOOKUP) else LOOKUP

@@ -1,0 +1,202 @@
+"""Round times as measured against the cost model's: a policy calibrated on other hardware is corrected in flight.
+
+A policy file carries the cost model of the machine it was calibrated on. Copied to a machine where forwards scale
+differently with the tokens fed (on an AVX2-only CPU a bf16 forward over 4 tokens costs 2.7x one over 1 token,
+where the calibrating AVX-512 machine measured 1.0x), its prices are wrong where they matter most: replayed that
+way, the default policy ran at 0.77x plain decoding. The engine times every round anyway (``RoundRecord.verify_s``
+and ``draft_s``), so the controller compares those times with the model's and, once they disagree beyond a
+tolerance, decides with a corrected copy:
+
+- per forward width (tokens fed: verified by the target, or caught up by a draft), the measured/calibrated ratio of
+  its forwards. The corrected time of a width is interpolated linearly between measured widths and extrapolated
+  past them along the nearest measured segment (no flatter than the calibrated shape above, no lower than
+  proportional to the tokens below): 3- and 5-token forwards are enough to price 1- and 16-token ones on a machine
+  where time grows with the tokens.
+- target forwards are timed alone (``verify_s``). A model round's drafting time is its first forward, over the
+  tokens it catches up, plus single steps: rounds without a catch-up measure single steps; in one with a catch-up,
+  what is left after its steps (at their measured ratio) measures the catch-up forward, the draft's prompt
+  included, which on a slow machine costs far more than its calibration says.
+- while the target's forwards measured so far all had one width, that width's ratio would scale every width alike,
+  keeping the calibration's shape, which is what is most likely wrong: the controller then takes a plain step (or,
+  where plain steps are what was measured, a padded one) to measure a second width.
+
+The calibrated table keeps its shape over context lengths; only its columns are scaled. Sums decay (a half-life in
+rounds), so a machine that slows down or speeds up is followed. ``adaptive-spec calibrate`` on the machine
+remains the way to price it right from the first round.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..records import RoundRecord
+from .cost import CostModel, CostTable, _line
+
+MIN_FACTOR, MAX_FACTOR = 0.02, 50.0  # a timer glitch (a zero, a preempted forward) bends no price past these
+EXACT_WIDTHS = 17  # widths up to this are kept apart; longer forwards (catch-ups) share geometric buckets
+
+
+def bucket(width: int) -> int:
+    return width if width <= EXACT_WIDTHS else round(2 ** (round(2 * math.log2(width)) / 2))
+
+
+class _Times:
+    """Decayed sums, over the forwards of one width bucket, of measured and calibrated seconds and of widths."""
+
+    __slots__ = ("measured", "predicted", "widths", "rounds", "tick")
+
+    def __init__(self) -> None:
+        self.measured = self.predicted = self.widths = self.rounds = 0.0
+        self.tick = 0
+
+    def add(self, width: int, measured: float, predicted: float, tick: int, decay: float) -> None:
+        if tick != self.tick:
+            scale = decay ** (tick - self.tick)
+            self.measured *= scale
+            self.predicted *= scale
+            self.widths *= scale
+            self.rounds *= scale
+            self.tick = tick
+        self.measured += measured
+        self.predicted += predicted
+        self.widths += width
+        self.rounds += 1.0
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.predicted if self.predicted > 0 else 1.0
+
+    @property
+    def width(self) -> float:
+        return self.widths / self.rounds
+
+
+class _TableTimes:
+    """One forward table's measured widths, and the column corrections they imply."""
+
+    def __init__(self, table: CostTable):
+        self.table = table
+        self.buckets: dict[int, _Times] = {}
+
+    def add(self, width: int, context: int, measured: float, predicted: float, tick: int, decay: float) -> None:
+        times = self.buckets.get(key := bucket(width))
+        if times is None:
+            times = self.buckets[key] = _Times()
+        times.add(width, measured, predicted, tick, decay)
+
+    def usable(self) -> list[_Times]:
+        """Buckets measured enough to shape the correction: two forwards of a short width (a single one is too
+        noisy), one of a long one (its time is its own average), by width."""
+        found = [t for key, t in self.buckets.items() if t.rounds >= 2 or (key > EXACT_WIDTHS and t.rounds > 0)]
+        return sorted(found, key=lambda t: t.width)
+
+    def off_by(self, tolerance: float, min_rounds: int) -> bool:
+        """At least ``min_rounds`` forwards, of widths measured twice or more, each off by more than ``tolerance``
+        on average (a slow machine is slow at every width: the first rounds, each of its own width, count
+        together)."""
+        off = [t for t in self.buckets.values() if t.rounds >= 2 and abs(t.ratio - 1.0) > tolerance]
+        return sum(t.rounds for t in off) >= min_rounds
+
+    def factors(self) -> list[float]:
+        """Per column of the table, measured/calibrated time at its first context: measured widths' corrected
+        times, interpolated between them and extrapolated past them (see the module docstring)."""
+        table, measured = self.table, self.usable()
+        context = table.contexts[0]
+        if not measured:
+            return [1.0] * len(table.tokens)
+        widths = [t.width for t in measured]
+        times = [table(round(t.width), context) * t.ratio for t in measured]
+        factors = []
+        for n in table.tokens:
+            base = table(n, context)
+            if len(widths) == 1:
+                value = base * measured[0].ratio
+            elif n <= widths[0]:  # along the first segment, but not below proportional to the tokens
+                value = max(_line(widths[0], times[0], widths[1], times[1], n), times[0] * n / widths[0])
+            elif n >= widths[-1]:  # along the last segment, but no flatter than the calibrated growth
+                grown = times[-1] + (base - table(round(widths[-1]), context)) * measured[-1].ratio
+                value = max(_line(widths[-2], times[-2], widths[-1], times[-1], n), grown)
+            else:
+                i = next(j for j in range(1, len(widths)) if widths[j] >= n)
+                value = _line(widths[i - 1], times[i - 1], widths[i], times[i], n)
+            factors.append(min(max(value / base, MIN_FACTOR), MAX_FACTOR))
+        return factors
+
+
+class CostTracker:
+    """Measured forward times against ``calibrated``'s; ``cost`` is the model to decide with: ``calibrated``
+    itself until ``min_rounds`` forwards of one table are off by more than ``tolerance`` (``_TableTimes.off_by``)."""
+
+    def __init__(self, calibrated: CostModel, tolerance: float = 0.25, min_rounds: int = 8,
+                 half_life_rounds: float = 512.0, refit_every: int = 4):  # fmt: skip
+        self.calibrated = self.cost = calibrated
+        self.tolerance, self.min_rounds, self.refit_every = tolerance, min_rounds, refit_every
+        self.decay = 0.5 ** (1.0 / half_life_rounds)
+        self.target = _TableTimes(calibrated.target)
+        self.drafts = {name: _TableTimes(table) for name, table in calibrated.drafts.items()}
+        self.tick = 0
+        self.applied: dict[str, list[float]] | None = None  # factors behind ``cost``; None: the calibration stands
+        # off, and all target forwards measured so far had one width: its ratio scales every width alike, which
+        # keeps the calibration's shape, the thing most likely wrong. The width to measure next: 1 (a plain step)
+        # or 2 (a padded one), 0 for none.
+        self.wants_width = 0
+
+    def observe(self, record: RoundRecord) -> None:
+        """Count one round's forwards (a replayed round carries the replay's prices: it corrects nothing unless they
+        differ from the policy's)."""
+        if record.verify_s <= 0:
+            return
+        self.tick += 1
+        tick, decay, context = self.tick, self.decay, record.context_len
+        self.target.add(record.verified, context, record.verify_s, self.calibrated.target(record.verified, context),
+                        tick, decay)  # fmt: skip
+        draft = self.drafts.get(record.drafter)
+        if draft is not None and record.proposed and not record.shadow:
+            self._observe_draft(draft, record)
+        if tick % self.refit_every == 0 or self.wants_width:
+            self._refit()
+
+    def _observe_draft(self, draft: _TableTimes, record: RoundRecord) -> None:
+        table, overhead = draft.table, self.calibrated.draft_step_overhead_s
+        context, catchup, proposed = record.context_len, max(record.catchup, 1), record.proposed
+        steps = [table(1, context + catchup + j) + overhead for j in range(proposed - 1)]
+        first = table(catchup, context) + overhead
+        if catchup == 1:  # single steps only
+            draft.add(1, context, record.draft_s, first + sum(steps), self.tick, self.decay)
+            return
+        single = draft.buckets.get(1)
+        measured_first = record.draft_s - sum(steps) * (single.ratio if single is not None else 1.0)
+        draft.add(catchup, context, max(measured_first, 0.1 * first), first, self.tick, self.decay)
+
+    # --- the corrected model ------------------------------------------------------------------------------------
+
+    def _refit(self) -> None:
+        tables = {"": self.target, **self.drafts}
+        if not any(t.off_by(self.tolerance, self.min_rounds) for t in tables.values()):
+            if self.applied is not None:  # back within tolerance: the calibration stands
+                self.applied, self.cost, self.wants_width = None, self.calibrated, 0
+            return
+        measured = self.target.usable()
+        self.wants_width = 0 if len(measured) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
+        factors = {name: t.factors() for name, t in tables.items()}
+        if self.applied is not None and all(_close(self.applied[n], f, 0.05) for n, f in factors.items()):
+            return  # keep the model the controllers have tabulated
+        self.applied = factors
+        self.cost = corrected(self.calibrated, factors)
+
+
+def corrected(cost: CostModel, factors: dict[str, list[float]]) -> CostModel:
+    """``cost`` with its tables' columns scaled: ``factors[""]`` for the target's, ``factors[name]`` for a draft's."""
+
+    def scaled(table: CostTable, column_factors: list[float] | None) -> CostTable:
+        if column_factors is None or all(f == 1.0 for f in column_factors):
+            return table
+        seconds = [[s * f for s, f in zip(row, column_factors)] for row in table.seconds]
+        return CostTable(tokens=table.tokens, contexts=table.contexts, seconds=seconds)
+
+    drafts = {name: scaled(table, factors.get(name)) for name, table in cost.drafts.items()}
+    return cost.model_copy(update={"target": scaled(cost.target, factors.get("")), "drafts": drafts})
+
+
+def _close(a: list[float], b: list[float], within: float) -> bool:
+    return all(abs(x - y) <= within * max(x, y) for x, y in zip(a, b))

@@ -1,0 +1,151 @@
+"""Costs corrected by measured round times: a policy calibrated on one machine, run on another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptive_spec.engine import RoundState
+from adaptive_spec.generator import policy_from_file
+from adaptive_spec.policy.base import FixedPolicy, RequestInfo
+from adaptive_spec.policy.controller import AdaptivePolicy, ControllerConfig
+from adaptive_spec.policy.cost import CostTable
+from adaptive_spec.policy.cost_tracking import CostTracker, bucket
+from adaptive_spec.policy.file import load_policy_file
+from adaptive_spec.records import RoundRecord
+from adaptive_spec.stats import AlphaEstimator
+from adaptive_spec.traces.format import read_traces
+from adaptive_spec.traces.simulate import replay
+from tests.test_policy_controller import cost_model, warm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def linear_verify(width: int) -> float:
+    """A machine where a forward costs its tokens one by one (an AVX2-only CPU in bf16): 0.1 s a token, where the
+    calibration (``cost_model``) says 0.1 s for 1 token and 0.13 s for 8."""
+    return 0.1 * width
+
+
+def round_of(proposed: int, verify_s: float, draft_s: float = 0.0, catchup: int = 0, context: int = 100,
+             drafter: str = "model") -> RoundRecord:  # fmt: skip
+    return RoundRecord(drafter if proposed else "none", proposed, proposed, proposed, proposed + 1, context, draft_s,
+                       verify_s, catchup=catchup)  # fmt: skip
+
+
+def test_times_within_tolerance_keep_the_calibration():
+    cost = cost_model()
+    tracker = CostTracker(cost, tolerance=0.25)
+    for i in range(200):
+        proposed = i % 6
+        tracker.observe(round_of(proposed, 1.15 * cost.target(proposed + 1, 100), 0.04 * proposed))
+    assert tracker.cost is cost
+
+
+def test_two_measured_widths_price_every_width_on_a_machine_where_time_grows_with_tokens():
+    """Rounds of 3 and 5 tokens only: the plain step and a 16-token forward are extrapolated along their line."""
+    tracker = CostTracker(cost_model())
+    for i in range(40):
+        proposed = 2 if i % 2 else 4
+        tracker.observe(round_of(proposed, linear_verify(proposed + 1), 0.04 * proposed))
+    cost = tracker.cost
+    assert cost is not tracker.calibrated
+    assert cost.target(1, 100) == pytest.approx(0.1, rel=0.05)
+    assert cost.target(4, 100) == pytest.approx(0.4, rel=0.05)
+    assert cost.target(16, 100) == pytest.approx(1.6, rel=0.05)
+    assert cost.target(16, 2000) > cost.target(16, 100)  # the calibrated context scaling stays
+    assert cost.draft_s(1, 100) == pytest.approx(tracker.calibrated.draft_s(1, 100), rel=0.05)  # steps were right
+
+
+def test_a_draft_catch_up_is_measured_apart_from_its_steps():
+    """The draft's single steps match the calibration; its catch-up forwards (here, prompts of 200 tokens) cost
+    their tokens one by one, where the calibration says 0.06 s for 32 tokens."""
+    calibrated = cost_model()
+    tracker = CostTracker(calibrated)
+    step = calibrated.draft_s(1, 100)
+    for i in range(40):
+        if i % 4 == 0:
+            tracker.observe(round_of(3, 0.12, draft_s=0.04 * 200 + 2 * step, catchup=200))
+        else:
+            tracker.observe(round_of(3, 0.12, draft_s=3 * step, catchup=1))
+    draft = tracker.cost.drafts["model"]
+    assert draft(200, 100) == pytest.approx(8.0, rel=0.1)
+    assert draft(1, 100) == pytest.approx(calibrated.drafts["model"](1, 100), rel=0.05)
+
+
+def test_back_within_tolerance_the_calibration_stands_again():
+    calibrated = cost_model()
+    tracker = CostTracker(calibrated, half_life_rounds=16)
+    drafting = calibrated.draft_s(4, 100)
+    for _ in range(40):
+        tracker.observe(round_of(4, linear_verify(5), drafting))
+    assert tracker.cost is not calibrated
+    for _ in range(400):
+        tracker.observe(round_of(4, calibrated.target(5, 100), drafting))
+    assert tracker.cost is calibrated
+
+
+def test_long_forwards_share_geometric_buckets():
+    assert [bucket(w) for w in (1, 17, 18, 23, 200, 210, 1000)] == [1, 17, 16, 23, 181, 181, 1024]
+
+
+def _run_request(policy: AdaptivePolicy, rounds: int) -> list[int]:
+    """Rounds priced by the linear machine, 80% of each draft accepted; the k of each decision."""
+    session = policy.start(RequestInfo(request_class="code"))
+    ks = []
+    for i in range(rounds):
+        decision = session.decide(RoundState(10 + i, 400, torch.arange(100 + i), None))
+        proposed = decision.k
+        accepted = int(proposed * 0.8)
+        session.on_round(RoundRecord(decision.drafter if proposed else "none", proposed, proposed, accepted,
+                                     accepted + 1, 100 + i, 0.04 * proposed, linear_verify(proposed + 1)))  # fmt: skip
+        ks.append(proposed)
+    return ks
+
+
+@pytest.mark.parametrize("track", [True, False])
+def test_a_policy_calibrated_elsewhere_stops_drafting_where_rounds_cost_their_tokens(track):
+    """An 8-token draft, 80% accepted, returns 7.4 tokens for 12 plain steps' time on the linear machine (1.4 for 1.3
+    as calibrated): a tracking controller learns it in its first rounds and decodes plainly (bar bounded probes);
+    an untracked one keeps drafting."""
+    estimator = AlphaEstimator(pair_id="test")
+    warm(estimator, "code", 0.9)
+    policy = AdaptivePolicy(cost_model(), estimator, ControllerConfig(track_costs=track))
+    ks = _run_request(policy, 120)
+    assert ks[0] > 0  # the calibration says drafting pays
+    drafting_late = sum(k > 0 for k in ks[60:])
+    if track:
+        assert drafting_late <= 3, ks
+    else:
+        assert drafting_late > 50, ks
+
+
+def test_replayed_on_a_machine_unlike_its_calibration_the_default_policy_stays_near_plain_speed():
+    """The committed policy, its decisions priced by its own (AVX-512) calibration, its time charged as on a CPU
+    where forwards cost their tokens one by one: one request of each class in turn. The first request pays for
+    the lesson; every later one runs at plain speed."""
+    policy_file = load_policy_file(ROOT / "policies" / "qwen2.5-coder-cpu.json")
+    traces = read_traces(ROOT / "notebooks" / "data" / "traces_small.jsonl", pair_id=policy_file.pair_id)
+    one_per_class = list({t.request_class: t for t in traces}.values())
+    calibrated = policy_file.cost
+    plain = calibrated.target(1, 128)
+    slow = calibrated.model_copy(update={
+        "target": CostTable(tokens=[1, 16], contexts=[128, 1024], seconds=[[1.4 * plain, 16 * 1.4 * plain],
+                                                                            [1.5 * plain, 16 * 1.5 * plain]]),
+        "drafts": {name: CostTable(tokens=t.tokens, contexts=t.contexts,
+                                   seconds=[[row[0] * 2 * n for n in t.tokens] for row in t.seconds])
+                   for name, t in calibrated.drafts.items()},
+    })  # fmt: skip
+    plain_s = [replay(t, FixedPolicy(), slow, 128).decode_s for t in one_per_class]
+
+    def speeds(track: bool) -> list[float]:
+        config = policy_file.controller.model_copy(update={"track_costs": track})
+        policy = policy_from_file(policy_file.model_copy(update={"controller": config}))
+        return [s / replay(t, policy, slow, 128).decode_s for t, s in zip(one_per_class, plain_s)]
+
+    untracked, tracked = speeds(False), speeds(True)
+    assert sum(untracked) / len(untracked) < 0.85
+    assert min(tracked[1:]) > 0.98, tracked
+    assert sum(tracked) / len(tracked) > 0.93
