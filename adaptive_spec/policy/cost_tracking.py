@@ -71,14 +71,28 @@ class _Times:
         return self.widths / self.rounds
 
 
+ROW_CONTEXT = 32  # calibrated times are read at the context rounded to this (they change slowly with it)
+
+
 class _TableTimes:
     """One forward table's measured widths, and the column corrections they imply."""
 
     def __init__(self, table: CostTable):
         self.table = table
         self.buckets: dict[int, _Times] = {}
+        self.rows: dict[int, list[float]] = {}  # calibrated rows by rounded context: a round's price in ~1 µs
+        self.first_row = row = table.row_at(table.contexts[0])
+        self.first_times = [table.row_value(row, n) for n in table.tokens]  # at each column, the first context
 
-    def add(self, width: int, context: int, measured: float, predicted: float, tick: int, decay: float) -> None:
+    def calibrated(self, width: int, context: int) -> float:
+        row = self.rows.get(key := context // ROW_CONTEXT)
+        if row is None:
+            if len(self.rows) > 256:
+                self.rows.clear()
+            row = self.rows[key] = self.table.row_at(key * ROW_CONTEXT)
+        return self.table.row_value(row, width)
+
+    def add(self, width: int, measured: float, predicted: float, tick: int, decay: float) -> None:
         times = self.buckets.get(key := bucket(width))
         if times is None:
             times = self.buckets[key] = _Times()
@@ -100,21 +114,19 @@ class _TableTimes:
     def factors(self) -> list[float]:
         """Per column of the table, measured/calibrated time at its first context: measured widths' corrected
         times, interpolated between them and extrapolated past them (see the module docstring)."""
-        table, measured = self.table, self.usable()
-        context = table.contexts[0]
+        table, measured, row = self.table, self.usable(), self.first_row
         if not measured:
             return [1.0] * len(table.tokens)
         widths = [t.width for t in measured]
-        times = [table(round(t.width), context) * t.ratio for t in measured]
+        times = [table.row_value(row, t.width) * t.ratio for t in measured]
         factors = []
-        for n in table.tokens:
-            base = table(n, context)
+        for n, base in zip(table.tokens, self.first_times):
             if len(widths) == 1:
                 value = base * measured[0].ratio
             elif n <= widths[0]:  # along the first segment, but not below proportional to the tokens
                 value = max(_line(widths[0], times[0], widths[1], times[1], n), times[0] * n / widths[0])
             elif n >= widths[-1]:  # along the last segment, but no flatter than the calibrated growth
-                grown = times[-1] + (base - table(round(widths[-1]), context)) * measured[-1].ratio
+                grown = times[-1] + (base - table.row_value(row, widths[-1])) * measured[-1].ratio
                 value = max(_line(widths[-2], times[-2], widths[-1], times[-1], n), grown)
             else:
                 i = next(j for j in range(1, len(widths)) if widths[j] >= n)
@@ -148,25 +160,26 @@ class CostTracker:
             return
         self.tick += 1
         tick, decay, context = self.tick, self.decay, record.context_len
-        self.target.add(record.verified, context, record.verify_s, self.calibrated.target(record.verified, context),
-                        tick, decay)  # fmt: skip
+        target = self.target
+        target.add(record.verified, record.verify_s, target.calibrated(record.verified, context), tick, decay)
         draft = self.drafts.get(record.drafter)
         if draft is not None and record.proposed and not record.shadow:
             self._observe_draft(draft, record)
-        if tick % self.refit_every == 0 or self.wants_width:
+        # refits are cheap while the calibration stands (a check), ~0.1 ms once corrected: then 4x less often
+        if tick % (self.refit_every if self.applied is None else 4 * self.refit_every) == 0 or self.wants_width:
             self._refit()
 
     def _observe_draft(self, draft: _TableTimes, record: RoundRecord) -> None:
-        table, overhead = draft.table, self.calibrated.draft_step_overhead_s
+        overhead = self.calibrated.draft_step_overhead_s
         context, catchup, proposed = record.context_len, max(record.catchup, 1), record.proposed
-        steps = [table(1, context + catchup + j) + overhead for j in range(proposed - 1)]
-        first = table(catchup, context) + overhead
+        steps = (proposed - 1) * (draft.calibrated(1, context + catchup) + overhead)
+        first = draft.calibrated(catchup, context) + overhead
         if catchup == 1:  # single steps only
-            draft.add(1, context, record.draft_s, first + sum(steps), self.tick, self.decay)
+            draft.add(1, record.draft_s, first + steps, self.tick, self.decay)
             return
         single = draft.buckets.get(1)
-        measured_first = record.draft_s - sum(steps) * (single.ratio if single is not None else 1.0)
-        draft.add(catchup, context, max(measured_first, 0.1 * first), first, self.tick, self.decay)
+        measured_first = record.draft_s - steps * (single.ratio if single is not None else 1.0)
+        draft.add(catchup, max(measured_first, 0.1 * first), first, self.tick, self.decay)
 
     # --- the corrected model ------------------------------------------------------------------------------------
 
