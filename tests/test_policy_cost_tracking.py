@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 import torch
 
 from adaptive_spec.engine import RoundState
@@ -59,6 +60,18 @@ def test_two_measured_widths_price_every_width_on_a_machine_where_time_grows_wit
     assert cost.draft_s(1, 100) == pytest.approx(tracker.calibrated.draft_s(1, 100), rel=0.05)  # steps were right
 
 
+def test_the_first_correction_is_a_warning_naming_the_fix():
+    tracker = CostTracker(cost_model())
+    with structlog.testing.capture_logs() as events:
+        for i in range(40):
+            proposed = 2 if i % 2 else 4
+            tracker.observe(round_of(proposed, linear_verify(proposed + 1), 0.04 * proposed))
+    corrections = [e for e in events if e["event"] == "cost_model_corrected"]
+    assert corrections[0]["log_level"] == "warning" and "calibrate" in corrections[0]["hint"]
+    assert corrections[0]["verify_ms"][16] == pytest.approx(1600, rel=0.05)
+    assert all(e["log_level"] == "info" for e in corrections[1:])
+
+
 def test_a_draft_catch_up_is_measured_apart_from_its_steps():
     """The draft's single steps match the calibration; its catch-up forwards (here, prompts of 200 tokens) cost
     their tokens one by one, where the calibration says 0.06 s for 32 tokens."""
@@ -91,8 +104,8 @@ def test_long_forwards_share_geometric_buckets():
     assert [bucket(w) for w in (1, 17, 18, 23, 200, 210, 1000)] == [1, 17, 16, 23, 181, 181, 1024]
 
 
-def _run_request(policy: AdaptivePolicy, rounds: int) -> list[int]:
-    """Rounds priced by the linear machine, 80% of each draft accepted; the k of each decision."""
+def _run_request(policy: AdaptivePolicy, rounds: int):
+    """Rounds priced by the linear machine, 80% of each draft accepted: the k of each decision, and the report."""
     session = policy.start(RequestInfo(request_class="code"))
     ks = []
     for i in range(rounds):
@@ -102,7 +115,7 @@ def _run_request(policy: AdaptivePolicy, rounds: int) -> list[int]:
         session.on_round(RoundRecord(decision.drafter if proposed else "none", proposed, proposed, accepted,
                                      accepted + 1, 100 + i, 0.04 * proposed, linear_verify(proposed + 1)))  # fmt: skip
         ks.append(proposed)
-    return ks
+    return ks, session.finish()
 
 
 @pytest.mark.parametrize("track", [True, False])
@@ -113,8 +126,9 @@ def test_a_policy_calibrated_elsewhere_stops_drafting_where_rounds_cost_their_to
     estimator = AlphaEstimator(pair_id="test")
     warm(estimator, "code", 0.9)
     policy = AdaptivePolicy(cost_model(), estimator, ControllerConfig(track_costs=track))
-    ks = _run_request(policy, 120)
+    ks, report = _run_request(policy, 120)
     assert ks[0] > 0  # the calibration says drafting pays
+    assert ("costs" in report.extra) is track  # a request priced with corrected costs says so
     drafting_late = sum(k > 0 for k in ks[60:])
     if track:
         assert drafting_late <= 3, ks

@@ -471,18 +471,21 @@ class AdaptiveSession:
 
     def decide(self, state: RoundState) -> Decision:
         context_len = len(state.tokens) if state.tokens is not None else state.context.numel()
-        if self.costs is None or context_len - self.costs.context >= self.refresh_tokens:
-            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.pad_plain)
-            self.costs_from = self.policy.cost
-        elif self.policy.cost is not self.costs_from:  # corrected by measured round times since
-            self.costs = _RoundCosts.at(self.policy.cost, context_len, 64, self.pad_plain)
-            self.costs_from = self.policy.cost
+        cost = self.policy.cost  # the calibrated model, or its correction by measured round times (track_costs)
+        if self.costs is None or cost is not self.costs_from or context_len - self.costs.context >= self.refresh_tokens:
+            self._tabulate(cost, context_len)
         self.lookup_offer = None
         decision, key = self._choose(state, context_len)
         self.pending_key = key
         if self.lookup_offer is not None and not key.startswith(LOOKUP):  # judged once this round's tokens are known
             self.lookup_unrun = (len(self.lookup.tokens), self.lookup_offer, self.lookup.propose(self.lookup_k)[0])
         return decision
+
+    def _tabulate(self, cost: CostModel, context_len: int) -> None:
+        self.costs = _RoundCosts.at(cost, context_len, 64, self.pad_plain)
+        self.costs_from = cost
+        if cost is not self.policy.calibrated_cost:  # the report says which prices the rounds had
+            self.report.extra["costs"] = "corrected by measured round times"
 
     def _choose(self, state: RoundState, context_len: int) -> tuple[Decision, str]:
         costs = self.costs

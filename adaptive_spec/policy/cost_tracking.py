@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import math
 
+from ..logs import get_logger
 from ..records import RoundRecord
 from .cost import CostModel, CostTable, _line
+
+log = get_logger("adaptive_spec.policy")
 
 MIN_FACTOR, MAX_FACTOR = 0.02, 50.0  # a timer glitch (a zero, a preempted forward) bends no price past these
 EXACT_WIDTHS = 17  # widths up to this are kept apart; longer forwards (catch-ups) share geometric buckets
@@ -188,14 +191,23 @@ class CostTracker:
         if not any(t.off_by(self.tolerance, self.min_rounds) for t in tables.values()):
             if self.applied is not None:  # back within tolerance: the calibration stands
                 self.applied, self.cost, self.wants_width = None, self.calibrated, 0
+                log.info("cost_model_restored", rounds=self.tick)
             return
         measured = self.target.usable()
         self.wants_width = 0 if len(measured) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
         factors = {name: t.factors() for name, t in tables.items()}
         if self.applied is not None and all(_close(self.applied[n], f, 0.05) for n, f in factors.items()):
             return  # keep the model the controllers have tabulated
+        first = self.applied is None
         self.applied = factors
-        self.cost = corrected(self.calibrated, factors)
+        self.cost = cost = corrected(self.calibrated, factors)
+        context = self.calibrated.target.contexts[0]
+        (log.warning if first else log.info)(  # the first: the policy's calibration does not fit this machine
+            "cost_model_corrected", rounds=self.tick, context=context,
+            verify_ms={n: round(cost.target(n, context) * 1e3, 1) for n in (1, 4, 16)},
+            calibrated_verify_ms={n: round(self.calibrated.target(n, context) * 1e3, 1) for n in (1, 4, 16)},
+            draft_step_ms={name: round(table(1, context) * 1e3, 1) for name, table in cost.drafts.items()},
+            hint="run `adaptive-spec calibrate` on this machine" if first else None)  # fmt: skip
 
 
 def corrected(cost: CostModel, factors: dict[str, list[float]]) -> CostModel:
