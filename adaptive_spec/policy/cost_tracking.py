@@ -74,7 +74,7 @@ class _Times:
         return self.widths / self.rounds
 
 
-ROW_CONTEXT = 32  # calibrated times are read at the context rounded to this (they change slowly with it)
+ROW_CONTEXT = 32  # calibrated prices are read at the context rounded down to this (they change slowly with it)
 
 
 class _TableTimes:
@@ -83,17 +83,17 @@ class _TableTimes:
     def __init__(self, table: CostTable):
         self.table = table
         self.buckets: dict[int, _Times] = {}
-        self.rows: dict[int, list[float]] = {}  # calibrated rows by rounded context: a round's price in ~1 µs
+        self.prices: dict[tuple[int, int], float] = {}  # by (rounded context, width): a round's price, one lookup
         self.first_row = row = table.row_at(table.contexts[0])
         self.first_times = [table.row_value(row, n) for n in table.tokens]  # at each column, the first context
 
     def calibrated(self, width: int, context: int) -> float:
-        row = self.rows.get(key := context // ROW_CONTEXT)
-        if row is None:
-            if len(self.rows) > 256:
-                self.rows.clear()
-            row = self.rows[key] = self.table.row_at(key * ROW_CONTEXT)
-        return self.table.row_value(row, width)
+        price = self.prices.get(key := (context // ROW_CONTEXT, width))
+        if price is None:
+            if len(self.prices) > 4096:
+                self.prices.clear()
+            price = self.prices[key] = self.table.row_value(self.table.row_at(key[0] * ROW_CONTEXT), width)
+        return price
 
     def add(self, width: int, measured: float, predicted: float, tick: int, decay: float) -> None:
         times = self.buckets.get(key := bucket(width))
