@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adaptive import RESULTS, round_robin  # noqa: E402
+from adaptive import RESULTS, _count, round_robin  # noqa: E402
 from results_files import write_results  # noqa: E402  (benchmarks/results_files.py)
 
 from adaptive_spec.generator import AdaptiveGenerator, policy_from_file  # noqa: E402
@@ -88,12 +88,8 @@ def main() -> None:
     traces = [t for t in read_traces(args.traces, pair_id=policy_file.pair_id)
               if args.max_prompt is None or t.prompt_len <= args.max_prompt]  # fmt: skip
     seen = defaultdict(int)
-    chosen = []
-    for t in traces:
-        seen[t.request_class] += 1
-        if seen[t.request_class] <= args.per_category:
-            chosen.append(t)
-    chosen = round_robin(chosen)[: args.limit] if args.limit else round_robin(chosen)
+    chosen = round_robin([t for t in traces if _count(seen, t.request_class) <= args.per_category])
+    chosen = chosen[: args.limit] if args.limit else chosen
 
     pair = load_pair(dtype="bfloat16")
     tok = pair.tokenizer

@@ -121,7 +121,8 @@ class _TableTimes:
         if not measured:
             return [1.0] * len(table.tokens)
         widths = [t.width for t in measured]
-        times = [table.row_value(row, t.width) * t.ratio for t in measured]
+        calibrated = [table.row_value(row, w) for w in widths]
+        times = [c * t.ratio for c, t in zip(calibrated, measured)]
         factors = []
         for n, base in zip(table.tokens, self.first_times):
             if len(widths) == 1:
@@ -129,7 +130,7 @@ class _TableTimes:
             elif n <= widths[0]:  # along the first segment, but not below proportional to the tokens
                 value = max(_line(widths[0], times[0], widths[1], times[1], n), times[0] * n / widths[0])
             elif n >= widths[-1]:  # along the last segment, but no flatter than the calibrated growth
-                grown = times[-1] + (base - table.row_value(row, widths[-1])) * measured[-1].ratio
+                grown = times[-1] + (base - calibrated[-1]) * measured[-1].ratio
                 value = max(_line(widths[-2], times[-2], widths[-1], times[-1], n), grown)
             else:
                 i = next(j for j in range(1, len(widths)) if widths[j] >= n)
@@ -162,9 +163,8 @@ class CostTracker:
         if record.verify_s <= 0:
             return
         self.tick += 1
-        tick, decay, context = self.tick, self.decay, record.context_len
-        target = self.target
-        target.add(record.verified, record.verify_s, target.calibrated(record.verified, context), tick, decay)
+        tick, decay, width, target = self.tick, self.decay, record.verified, self.target
+        target.add(width, record.verify_s, target.calibrated(width, record.context_len), tick, decay)
         draft = self.drafts.get(record.drafter)
         if draft is not None and record.proposed and not record.shadow:
             self._observe_draft(draft, record)
