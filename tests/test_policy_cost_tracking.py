@@ -136,22 +136,30 @@ def test_a_policy_calibrated_elsewhere_stops_drafting_where_rounds_cost_their_to
         assert drafting_late > 50, ks
 
 
-def test_replayed_on_a_machine_unlike_its_calibration_the_default_policy_stays_near_plain_speed():
-    """The committed policy, its decisions priced by its own (AVX-512) calibration, its time charged as on a CPU
-    where forwards cost their tokens one by one: one request of each class in turn. The first request pays for
-    the lesson; every later one runs at plain speed."""
-    policy_file = load_policy_file(ROOT / "policies" / "qwen2.5-coder-cpu.json")
-    traces = read_traces(ROOT / "notebooks" / "data" / "traces_small.jsonl", pair_id=policy_file.pair_id)
-    one_per_class = list({t.request_class: t for t in traces}.values())
-    calibrated = policy_file.cost
+def linear_machine(calibrated):
+    """``calibrated``'s tables as on a CPU where forwards cost their tokens one by one (from 1.4x its plain step)."""
     plain = calibrated.target(1, 128)
-    slow = calibrated.model_copy(update={
+    return calibrated.model_copy(update={
         "target": CostTable(tokens=[1, 16], contexts=[128, 1024], seconds=[[1.4 * plain, 16 * 1.4 * plain],
                                                                             [1.5 * plain, 16 * 1.5 * plain]]),
         "drafts": {name: CostTable(tokens=t.tokens, contexts=t.contexts,
                                    seconds=[[row[0] * 2 * n for n in t.tokens] for row in t.seconds])
                    for name, t in calibrated.drafts.items()},
     })  # fmt: skip
+
+
+def committed_policy_and_one_trace_per_class():
+    policy_file = load_policy_file(ROOT / "policies" / "qwen2.5-coder-cpu.json")
+    traces = read_traces(ROOT / "notebooks" / "data" / "traces_small.jsonl", pair_id=policy_file.pair_id)
+    return policy_file, list({t.request_class: t for t in traces}.values())
+
+
+def test_replayed_on_a_machine_unlike_its_calibration_the_default_policy_stays_near_plain_speed():
+    """The committed policy, its decisions priced by its own (AVX-512) calibration, its time charged as on a CPU
+    where forwards cost their tokens one by one: one request of each class in turn. The first request pays for
+    the lesson; every later one runs at plain speed."""
+    policy_file, one_per_class = committed_policy_and_one_trace_per_class()
+    slow = linear_machine(policy_file.cost)
     plain_s = [replay(t, FixedPolicy(), slow, 128).decode_s for t in one_per_class]
 
     def speeds(track: bool) -> list[float]:
@@ -163,3 +171,62 @@ def test_replayed_on_a_machine_unlike_its_calibration_the_default_policy_stays_n
     assert sum(untracked) / len(untracked) < 0.85
     assert min(tracked[1:]) > 0.98, tracked
     assert sum(tracked) / len(tracked) > 0.93
+
+
+def test_replayed_on_a_machine_faster_than_its_calibration_the_default_policy_recovers_its_speedup():
+    """The mirror case: decisions priced as on the linear machine, time charged by the committed (AVX-512) table,
+    where wide forwards and the draft's catch-ups cost far less. The controller must try what the calibration
+    prices high to learn it is cheap: an unmeasured draft is assumed to scale like the target, and widths past
+    the widest measured are priced no higher than it."""
+    policy_file, one_per_class = committed_policy_and_one_trace_per_class()
+    fast = policy_file.cost
+    plain_s = [replay(t, FixedPolicy(), fast, 128).decode_s for t in one_per_class]
+
+    def speed(decide_with, track: bool) -> float:
+        config = policy_file.controller.model_copy(update={"track_costs": track})
+        policy = policy_from_file(policy_file.model_copy(update={"controller": config, "cost": decide_with}))
+        return sum(s / replay(t, policy, fast, 128).decode_s for t, s in zip(one_per_class, plain_s))
+
+    calibrated_there = speed(fast, True)
+    assert speed(linear_machine(fast), False) < 0.7 * calibrated_there
+    assert speed(linear_machine(fast), True) > 0.95 * calibrated_there
+
+
+def linear_calibration():
+    """``cost_model`` with a verify that costs its tokens one by one: 0.1 s for 1 token, 1.6 s for 16."""
+    calibrated = cost_model()
+    linear = CostTable(tokens=[1, 16], contexts=[100, 2000], seconds=[[0.1, 1.6], [0.12, 1.9]])
+    return calibrated.model_copy(update={"target": linear})
+
+
+def test_past_the_widest_measured_width_a_faster_machine_is_priced_no_higher_than_it():
+    """Calibrated linear, measured flat at 2 and 3 tokens: 16 tokens are priced at the 3-token time (growing as
+    calibrated would keep wide rounds untried, so never measured), until a wide forward is measured."""
+    tracker = CostTracker(linear_calibration())
+    for i in range(40):
+        tracker.observe(round_of(1 + i % 2, 0.1, 0.04, drafter="lookup"))
+    assert tracker.cost.target(16, 100) == pytest.approx(0.1, rel=0.05)
+    assert tracker.cost.target(1, 100) == pytest.approx(0.1, rel=0.05)
+    for _ in range(16):  # a refit's worth of rounds
+        tracker.observe(round_of(15, 0.3, 0.04, drafter="lookup"))
+    assert tracker.cost.target(16, 100) == pytest.approx(0.3, rel=0.1)
+
+
+@pytest.mark.parametrize("step_ratio", [None, 0.5])
+def test_a_draft_not_measured_apart_is_shaped_like_the_target(step_ratio):
+    """Target forwards measured on a linear machine, the draft's catch-ups never: they are corrected by the
+    target's factor at their width (constant past the target's widest column). Where its single steps are
+    measured, those set the level."""
+    calibrated = cost_model()
+    tracker = CostTracker(calibrated)
+    step = calibrated.draft_s(1, 100)
+    for i in range(40):
+        proposed = 2 if i % 2 else 4
+        drafter, draft_s = ("model", step_ratio * proposed * step) if step_ratio else ("lookup", 1e-4)
+        tracker.observe(round_of(proposed, linear_verify(proposed + 1), draft_s, catchup=1, drafter=drafter))
+    cost, draft, calibrated_draft = tracker.cost, tracker.cost.drafts["model"], calibrated.drafts["model"]
+    target_factor = cost.target(17, 100) / calibrated.target(17, 100)
+    assert target_factor > 5
+    level = step_ratio / (cost.target(1, 100) / calibrated.target(1, 100)) if step_ratio else 1.0
+    assert draft(32, 100) / calibrated_draft(32, 100) == pytest.approx(level * target_factor, rel=0.05)
+    assert draft(1, 100) == pytest.approx((step_ratio or 1.0) * calibrated_draft(1, 100), rel=0.05)

@@ -9,13 +9,17 @@ tolerance, decides with a corrected copy:
 
 - per forward width (tokens fed: verified by the target, or caught up by a draft), the measured/calibrated ratio of
   its forwards. The corrected time of a width is interpolated linearly between measured widths and extrapolated
-  past them along the nearest measured segment (no flatter than the calibrated shape above, no lower than
+  past them along the nearest measured segment (no lower than the widest measured time above, no lower than
   proportional to the tokens below): 3- and 5-token forwards are enough to price 1- and 16-token ones on a machine
-  where time grows with the tokens.
+  where time grows with the tokens. Above, the price errs low on purpose: a width priced too high is never run,
+  so never measured (a policy calibrated on an AVX2 CPU, run on an AVX-512 one, kept rounds short for good),
+  while one priced too low is run, measured and then priced right.
 - target forwards are timed alone (``verify_s``). A model round's drafting time is its first forward, over the
   tokens it catches up, plus single steps: rounds without a catch-up measure single steps; in one with a catch-up,
   what is left after its steps (at their measured ratio) measures the catch-up forward, the draft's prompt
-  included, which on a slow machine costs far more than its calibration says.
+  included, which on a slow machine costs far more than its calibration says. Until a draft has two widths
+  measured, its table is assumed to scale like the target's (same machine; the level from its single steps where
+  measured): a draft priced too high by its calibration would otherwise never be run to be measured.
 - while the target's forwards measured so far all had one width, that width's ratio would scale every width alike,
   keeping the calibration's shape, which is what is most likely wrong: the controller then takes a plain step (or,
   where plain steps are what was measured, a padded one) to measure a second width.
@@ -114,29 +118,43 @@ class _TableTimes:
         off = [t for t in self.buckets.values() if t.rounds >= 2 and abs(t.ratio - 1.0) > tolerance]
         return sum(t.rounds for t in off) >= min_rounds
 
-    def factors(self) -> list[float]:
+    def factors(self, shape: list[float] | None = None) -> list[float]:
         """Per column of the table, measured/calibrated time at its first context: measured widths' corrected
-        times, interpolated between them and extrapolated past them (see the module docstring)."""
+        times, interpolated between them and extrapolated past them (see the module docstring). ``shape``: another
+        table's factors at this table's columns, the shape to assume while fewer than two widths are measured."""
         table, measured, row = self.table, self.usable(), self.first_row
-        if not measured:
-            return [1.0] * len(table.tokens)
+        if len(measured) < 2:
+            level = measured[0].ratio / _at(table.tokens, shape, measured[0].width) if measured and shape else 1.0
+            if shape is None:
+                shape = [measured[0].ratio if measured else 1.0] * len(table.tokens)
+            return [min(max(f * level, MIN_FACTOR), MAX_FACTOR) for f in shape]
         widths = [t.width for t in measured]
-        calibrated = [table.row_value(row, w) for w in widths]
-        times = [c * t.ratio for c, t in zip(calibrated, measured)]
+        times = [table.row_value(row, w) * t.ratio for w, t in zip(widths, measured)]
         factors = []
         for n, base in zip(table.tokens, self.first_times):
-            if len(widths) == 1:
-                value = base * measured[0].ratio
-            elif n <= widths[0]:  # along the first segment, but not below proportional to the tokens
+            if n <= widths[0]:  # along the first segment, but not below proportional to the tokens
                 value = max(_line(widths[0], times[0], widths[1], times[1], n), times[0] * n / widths[0])
-            elif n >= widths[-1]:  # along the last segment, but no flatter than the calibrated growth
-                grown = times[-1] + (base - calibrated[-1]) * measured[-1].ratio
-                value = max(_line(widths[-2], times[-2], widths[-1], times[-1], n), grown)
+            elif n >= widths[-1]:  # along the last segment, but not below the widest measured time
+                value = max(_line(widths[-2], times[-2], widths[-1], times[-1], n), times[-1])
             else:
                 i = next(j for j in range(1, len(widths)) if widths[j] >= n)
                 value = _line(widths[i - 1], times[i - 1], widths[i], times[i], n)
             factors.append(min(max(value / base, MIN_FACTOR), MAX_FACTOR))
         return factors
+
+    def shape_for(self, factors: list[float], other: CostTable) -> list[float]:
+        """``factors`` (this table's) at ``other``'s columns: constant past this table's first and last."""
+        return [_at(self.table.tokens, factors, n) for n in other.tokens]
+
+
+def _at(widths: list[int], values: list[float], width: float) -> float:
+    """``values`` (one per width) interpolated at ``width``, constant past the ends."""
+    if width <= widths[0]:
+        return values[0]
+    if width >= widths[-1]:
+        return values[-1]
+    i = next(j for j in range(1, len(widths)) if widths[j] >= width)
+    return _line(widths[i - 1], values[i - 1], widths[i], values[i], width)
 
 
 class CostTracker:
@@ -195,7 +213,9 @@ class CostTracker:
             return
         measured = self.target.usable()
         self.wants_width = 0 if len(measured) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
-        factors = {name: t.factors() for name, t in tables.items()}
+        factors = {"": (target := self.target.factors())}
+        for name, draft in self.drafts.items():  # the same machine: shaped like the target's until measured apart
+            factors[name] = draft.factors(self.target.shape_for(target, draft.table))
         if self.applied is not None and all(_close(self.applied[n], f, 0.05) for n, f in factors.items()):
             return  # keep the model the controllers have tabulated
         first = self.applied is None
