@@ -230,3 +230,18 @@ def test_a_draft_not_measured_apart_is_shaped_like_the_target(step_ratio):
     level = step_ratio / (cost.target(1, 100) / calibrated.target(1, 100)) if step_ratio else 1.0
     assert draft(32, 100) / calibrated_draft(32, 100) == pytest.approx(level * target_factor, rel=0.05)
     assert draft(1, 100) == pytest.approx((step_ratio or 1.0) * calibrated_draft(1, 100), rel=0.05)
+
+
+def test_a_drafter_is_shadow_scored_as_cheap_only_while_its_measured_steps_are():
+    """A head calibrated at 5% of a target forward is scored by shadow tokens; measured at ten times that, it is
+    priced like any drafter."""
+    calibrated = cost_model()
+    head = CostTable(tokens=[1, 32], contexts=[100, 2000], seconds=[[0.005, 0.01], [0.006, 0.012]])
+    calibrated = calibrated.model_copy(update={"drafts": {**calibrated.drafts, "head": head}})
+    policy = AdaptivePolicy(calibrated, AlphaEstimator(pair_id="test"), ControllerConfig())
+    assert policy.cheap_drafters == {"head"}
+    step = calibrated.draft_s(1, 100, 1, "head")
+    for _ in range(40):
+        policy.cost_tracker.observe(round_of(3, calibrated.target(4, 100), 10 * 3 * step, catchup=1, drafter="head"))
+    assert policy.cost is not calibrated
+    assert policy.cheap_drafters == set()

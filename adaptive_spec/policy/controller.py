@@ -294,9 +294,7 @@ class AdaptivePolicy:
             raise ValueError(f"the cost model has no measurements for drafter(s) {missing}: calibrate them first "
                              "(`adaptive-spec calibrate`, with --head DIR for a draft head)")  # fmt: skip
         self.model_drafters = names
-        # drafters whose step costs at most shadow_max_cost of a target forward: scored by shadow tokens
-        self.cheap_drafters = {n for n in names if cost.draft_s(1, 256, 1, n) <= self.config.shadow_max_cost
-                               * cost.plain_step_s(256)}  # fmt: skip
+        self._cheap: tuple[CostModel | None, frozenset[str]] = (None, frozenset())
         measured_alpha = measured_alpha or {}
         self.measured_alpha = {name: _checked_alpha(name, by_class) for name, by_class in measured_alpha.items()}
         self._pooled: dict[str, tuple[float, tuple[float, float, float] | None]] = {}
@@ -333,6 +331,17 @@ class AdaptivePolicy:
         """The cost model rounds are priced with: the calibrated one, or its correction by measured round times
         (``track_costs``)."""
         return self.calibrated_cost if self.cost_tracker is None else self.cost_tracker.cost
+
+    @property
+    def cheap_drafters(self) -> frozenset[str]:
+        """Drafters whose step costs at most ``shadow_max_cost`` of a target forward, as priced now (a correction
+        of the costs may move a drafter across): scored by shadow tokens."""
+        cost, cheap = self._cheap
+        if cost is not (now := self.cost):
+            limit = self.config.shadow_max_cost * now.plain_step_s(256)
+            cheap = frozenset(n for n in self.model_drafters if now.draft_s(1, 256, 1, n) <= limit)
+            self._cheap = (now, cheap)
+        return cheap
 
     def pooled(self, drafter: str) -> tuple[float, float, float] | None:
         """``drafter``'s (rounds, accepted, draft tokens) over every class, re-read at most every
