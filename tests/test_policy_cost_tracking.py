@@ -245,3 +245,49 @@ def test_a_drafter_is_shadow_scored_as_cheap_only_while_its_measured_steps_are()
         policy.cost_tracker.observe(round_of(3, calibrated.target(4, 100), 10 * 3 * step, catchup=1, drafter="head"))
     assert policy.cost is not calibrated
     assert policy.cheap_drafters == set()
+
+
+@pytest.mark.parametrize(("slower", "rounds_needed"), [(3.0, 4), (1.3, 8)])
+def test_a_machine_far_off_its_calibration_is_corrected_sooner(slower, rounds_needed):
+    """Forwards at 3x their price are corrected after 4 rounds (3 are as clear as 8 at 1.3x, and each costs far
+    more); at 1.3x (just past the 25% tolerance), after 8."""
+    calibrated = cost_model()
+    tracker = CostTracker(calibrated)
+    seen = 0
+    while tracker.cost is calibrated:
+        tracker.observe(round_of(3, slower * calibrated.target(4, 100), calibrated.draft_s(3, 100)))
+        seen += 1
+        assert seen <= rounds_needed
+    assert seen == rounds_needed
+
+
+def test_a_catch_up_much_faster_than_calibrated_is_priced_as_measured():
+    """A draft calibrated on a slow machine (its catch-up costs its tokens one by one), measured at 3% of that:
+    the correction follows it past 10x (MIN_FACTOR bounds it at 50x)."""
+    calibrated = cost_model()
+    slow_draft = CostTable(tokens=[1, 32], contexts=[100, 2000], seconds=[[0.04, 1.28], [0.05, 1.6]])
+    calibrated = calibrated.model_copy(update={"drafts": {"model": slow_draft}})
+    tracker = CostTracker(calibrated)
+    step = calibrated.draft_s(1, 100)
+    for i in range(40):
+        if i % 4 == 0:
+            tracker.observe(round_of(3, 0.12, draft_s=0.03 * slow_draft(200, 100) + 2 * step, catchup=200))
+        else:
+            tracker.observe(round_of(3, 0.12, draft_s=3 * step, catchup=1))
+    # past the table's widest column (32) its price is extrapolated, hence the looser match
+    assert tracker.cost.drafts["model"](200, 100) == pytest.approx(0.03 * slow_draft(200, 100), rel=0.15)
+
+
+def test_a_borrowed_shape_is_levelled_only_by_widths_the_target_measured():
+    """Target forwards measured on a linear machine up to 6 tokens; the draft only in one catch-up of 200 tokens,
+    past the target's widest column (17), where the target's shape is a constant guess: the draft's steps keep the
+    target's shape unscaled, instead of being levelled by that guess."""
+    calibrated = cost_model()
+    tracker = CostTracker(calibrated)
+    tracker.observe(round_of(3, 0.12, draft_s=0.5 * calibrated.draft_s(3, 100, 200), catchup=200))
+    for i in range(40):
+        proposed = 2 if i % 2 else 4
+        tracker.observe(round_of(proposed, linear_verify(proposed + 1), 1e-4, drafter="lookup"))
+    cost = tracker.cost
+    target_factor_1 = cost.target(1, 100) / calibrated.target(1, 100)
+    assert cost.drafts["model"](1, 100) == pytest.approx(target_factor_1 * calibrated.drafts["model"](1, 100), rel=0.05)

@@ -17,9 +17,11 @@ tolerance, decides with a corrected copy:
 - target forwards are timed alone (``verify_s``). A model round's drafting time is its first forward, over the
   tokens it catches up, plus single steps: rounds without a catch-up measure single steps; in one with a catch-up,
   what is left after its steps (at their measured ratio) measures the catch-up forward, the draft's prompt
-  included, which on a slow machine costs far more than its calibration says. Until a draft has two widths
-  measured, its table is assumed to scale like the target's (same machine; the level from its single steps where
-  measured): a draft priced too high by its calibration would otherwise never be run to be measured.
+  included, which on a slow machine costs far more than its calibration says (until steps are measured apart,
+  a round's time is shared between the two at its own ratio). Until a draft has two widths
+  measured, its table is assumed to scale like the target's (same machine; the level from its one measured width
+  where the target measured that width too): a draft priced too high by its calibration would otherwise never be
+  run to be measured.
 - while the target's forwards measured so far all had one width, that width's ratio would scale every width alike,
   keeping the calibration's shape, which is what is most likely wrong: the controller then takes a plain step (or,
   where plain steps are what was measured, a padded one) to measure a second width.
@@ -114,17 +116,24 @@ class _TableTimes:
     def off_by(self, tolerance: float, min_rounds: int) -> bool:
         """At least ``min_rounds`` forwards, of widths measured twice or more, each off by more than ``tolerance``
         on average (a slow machine is slow at every width: the first rounds, each of its own width, count
-        together)."""
-        off = [t for t in self.buckets.values() if t.rounds >= 2 and abs(t.ratio - 1.0) > tolerance]
-        return sum(t.rounds for t in off) >= min_rounds
+        together). A forward off by more counts for more, up to 3 (off by 3x the tolerance): timing noise is
+        +-15%, so three forwards at 2x their price are as clear as eight at 1.3x, and each costs far more."""
+        off = 0.0
+        for t in self.buckets.values():
+            if t.rounds >= 2 and (deviation := abs(t.ratio - 1.0)) > tolerance:
+                off += t.rounds * min(deviation / tolerance, 3.0)
+        return off >= min_rounds
 
-    def factors(self, shape: list[float] | None = None) -> list[float]:
+    def factors(self, shape: list[float] | None = None, shape_upto: float = math.inf) -> list[float]:
         """Per column of the table, measured/calibrated time at its first context: measured widths' corrected
         times, interpolated between them and extrapolated past them (see the module docstring). ``shape``: another
-        table's factors at this table's columns, the shape to assume while fewer than two widths are measured."""
+        table's factors at this table's columns, the shape to assume while fewer than two widths are measured,
+        levelled by a measured width up to ``shape_upto`` (past it the shape is a guess, not a measurement)."""
         table, measured, row = self.table, self.usable(), self.first_row
         if len(measured) < 2:
-            level = measured[0].ratio / _at(table.tokens, shape, measured[0].width) if measured and shape else 1.0
+            level = 1.0
+            if measured and shape and measured[0].width <= shape_upto:
+                level = measured[0].ratio / _at(table.tokens, shape, measured[0].width)
             if shape is None:
                 shape = [measured[0].ratio if measured else 1.0] * len(table.tokens)
             return [min(max(f * level, MIN_FACTOR), MAX_FACTOR) for f in shape]
@@ -159,7 +168,8 @@ def _at(widths: list[int], values: list[float], width: float) -> float:
 
 class CostTracker:
     """Measured forward times against ``calibrated``'s; ``cost`` is the model to decide with: ``calibrated``
-    itself until ``min_rounds`` forwards of one table are off by more than ``tolerance`` (``_TableTimes.off_by``)."""
+    itself until ``min_rounds`` forwards of one table are off by more than ``tolerance``, fewer where they are far
+    off (``_TableTimes.off_by``)."""
 
     def __init__(self, calibrated: CostModel, tolerance: float = 0.25, min_rounds: int = 8,
                  half_life_rounds: float = 512.0, refit_every: int = 4):  # fmt: skip
@@ -199,8 +209,11 @@ class CostTracker:
             draft.add(1, record.draft_s, first + steps, self.tick, self.decay)
             return
         single = draft.buckets.get(1)
-        measured_first = record.draft_s - steps * (single.ratio if single is not None else 1.0)
-        draft.add(catchup, max(measured_first, 0.1 * first), first, self.tick, self.decay)
+        if single is None or single.rounds < 2:  # steps not measured apart yet: the round's ratio for both
+            measured_first = record.draft_s * first / (first + steps)
+        else:
+            measured_first = record.draft_s - steps * single.ratio
+        draft.add(catchup, max(measured_first, MIN_FACTOR * first), first, self.tick, self.decay)
 
     # --- the corrected model ------------------------------------------------------------------------------------
 
@@ -215,7 +228,7 @@ class CostTracker:
         self.wants_width = 0 if len(measured) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
         factors = {"": (target := self.target.factors())}
         for name, draft in self.drafts.items():  # the same machine: shaped like the target's until measured apart
-            factors[name] = draft.factors(self.target.shape_for(target, draft.table))
+            factors[name] = draft.factors(self.target.shape_for(target, draft.table), self.target.table.tokens[-1])
         if self.applied is not None and all(_close(self.applied[n], f, 0.05) for n, f in factors.items()):
             return  # keep the model the controllers have tabulated
         first = self.applied is None
