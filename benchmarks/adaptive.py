@@ -246,22 +246,30 @@ def main() -> None:
             return per_class[row.request_class].name
         return fixed_names.get(name, name)
 
+    corrected: dict[str, bool] = {}  # per adaptive configuration: did its last request decide with corrected costs
+
+    def run_adaptive(name: str, generator: AdaptiveGenerator):
+        def run(ids, row):
+            out = generator.generate(ids, max_new_tokens=args.max_new_tokens, prompt_text=row.prompt)
+            corrected[name] = "costs" in out.report.extra  # cost tracking found the calibration off (a warning too)
+            return out.result
+
+        return run
+
     configs = {
         "target-only": lambda ids, row: plain_gen.generate(ids, max_new_tokens=args.max_new_tokens).result,
         "hf assisted default": hf_default,
         f"best fixed ({best_fixed.name})": run_fixed(best_fixed),
         f"best model-k/lookup ({best_plain.name})": run_fixed(best_plain),
         "per-category oracle": lambda ids, row: run_fixed(per_class[row.request_class])(ids, row),
-        "adaptive (cold)": lambda ids, row: adaptive.generate(ids, max_new_tokens=args.max_new_tokens,
-                                                              prompt_text=row.prompt).result,  # fmt: skip
+        "adaptive (cold)": run_adaptive("adaptive (cold)", adaptive),
     }
     extended_file = None
     if args.lookup_extension:
         config = policy_file.controller.model_copy(update={"lookup_extension": args.lookup_extension})
         extended_file = policy_file.model_copy(update={"controller": config})
         extended = AdaptiveGenerator(pair.target, pair.draft, tok, policy=policy_from_file(extended_file))
-        configs[EXTENDED] = lambda ids, row: extended.generate(ids, max_new_tokens=args.max_new_tokens,
-                                                               prompt_text=row.prompt).result  # fmt: skip
+        configs[EXTENDED] = run_adaptive(EXTENDED, extended)
     if args.skip_hf:
         del configs["hf assisted default"]
     if best_plain.name == best_fixed.name:  # the set already holds the best: one run serves both
@@ -300,7 +308,7 @@ def main() -> None:
             result = measured[key] = measured[key] if reused else configs[name](ids, trace)
             rows.append({"prompt": p, "class": trace.request_class, "config": name, "reused_run": reused,
                          "tokens": result.num_new_tokens, "seconds": result.total_s,
-                         "replay_seconds": predicted.get(name, {}).get(p)})  # fmt: skip
+                         "replay_seconds": predicted.get(name, {}).get(p), "costs_corrected": corrected.get(name)})  # fmt: skip
             print(f"[{p + 1}/{len(held_out)}] {trace.request_class:15s} {name:32s} "
                   f"{result.num_new_tokens / result.total_s:6.2f} tok/s", flush=True)  # fmt: skip
         if p + 1 < len(held_out):  # saved after every prompt: a run cut short keeps what it measured
@@ -428,6 +436,8 @@ def summarize(rows, names, decide_us, off, sim_fixed) -> dict:
         "simulated_fixed_tps": sim_fixed,
         "replay_validation": validation(rows),
         **({"extension_vs_adaptive": tps[EXTENDED]["all"] / tps[adaptive]["all"]} if EXTENDED in tps else {}),
+        "costs_corrected": {n: sum(bool(r.get("costs_corrected")) for r in rows if r["config"] == n)
+                            for n in (adaptive, EXTENDED) if n in tps},  # requests priced by cost tracking
     }
 
 
@@ -465,6 +475,9 @@ def markdown(summary, meta) -> str:
                 if "extension_vs_adaptive" in summary else []),
               f"- controller decision cost: p50 {d['p50']:.1f} us, p99 {d['p99']:.1f} us over {d['count']} decisions "
               "(bar p50 <= 50 us)",
+              *(["- requests priced by cost tracking (the calibration found off): " + ", ".join(
+                  f"{name} {n}" for name, n in summary["costs_corrected"].items())]
+                if "costs_corrected" in summary else []),
               f"- off path ({o['prompts']} prompts): a controller that never speculates, against plain decoding: "
               f"{o['overhead_vs_engine_plain'] * 100:+.2f}% vs this engine at k=0, "
               f"{o['overhead_vs_hf_generate'] * 100:+.2f}% vs `generate` (bar <= 2%); tokens/s "
