@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cost-from", type=Path, default=None, metavar="TABLE",
+                        help="decide with this saved calibration instead of the policy's (e.g. this machine's own: "
+                        "where it fits, tracking should stay off)")  # fmt: skip
     parser.add_argument("--replay", type=Path, nargs="+", default=None, metavar="TABLE",
                         help="saved calibrations (a benchmark's JSON with a cost model, or a cost model's)")
     args = parser.parse_args()
@@ -85,6 +88,10 @@ def main() -> None:
 
     configure_threads(args.threads)
     policy_file = load_policy_file(args.policy)
+    if args.cost_from:
+        from adaptive import saved_cost_model
+
+        policy_file = policy_file.model_copy(update={"cost": saved_cost_model(args.cost_from)})
     traces = [t for t in read_traces(args.traces, pair_id=policy_file.pair_id)
               if args.max_prompt is None or t.prompt_len <= args.max_prompt]  # fmt: skip
     seen = defaultdict(int)
@@ -122,6 +129,7 @@ def main() -> None:
     doc = {"meta": {"command": "python " + " ".join(sys.argv), "hardware": hardware(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "policy": shown(args.policy), "calibrated_on": policy_file.cost.hardware,
+                    "cost_from": shown(args.cost_from) if args.cost_from else None,
                     "calibrated_at": policy_file.cost.measured_at, "prompts": len(chosen)},
            "summary": summary, "prices_at_end": tracked_prices(tracked_policy), "runs": rows}  # fmt: skip
     write_results(args.out, doc, markdown(doc))
