@@ -18,10 +18,10 @@ tolerance, decides with a corrected copy:
   tokens it catches up, plus single steps: rounds without a catch-up measure single steps; in one with a catch-up,
   what is left after its steps (at their measured ratio) measures the catch-up forward, the draft's prompt
   included, which on a slow machine costs far more than its calibration says (until steps are measured apart,
-  a round's time is shared between the two at its own ratio). Until a draft has two widths
-  measured, its table is assumed to scale like the target's (same machine; the level from its one measured width
-  where the target measured that width too): a draft priced too high by its calibration would otherwise never be
-  run to be measured.
+  a round's time is shared between the two at its own ratio). Until a draft has two widths measured, its table is
+  assumed to scale like the target's (same machine; the level from its one measured width where the target
+  measured that width too): a draft priced too high by its calibration would otherwise never be run to be
+  measured.
 - while the target's forwards measured so far all had one width, that width's ratio would scale every width alike,
   keeping the calibration's shape, which is what is most likely wrong: the controller then takes a plain step (or,
   where plain steps are what was measured, a padded one) to measure a second width.
@@ -34,6 +34,8 @@ remains the way to price it right from the first round.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from ..logs import get_logger
 from ..records import RoundRecord
@@ -158,12 +160,7 @@ class _TableTimes:
 
 def _at(widths: list[int], values: list[float], width: float) -> float:
     """``values`` (one per width) interpolated at ``width``, constant past the ends."""
-    if width <= widths[0]:
-        return values[0]
-    if width >= widths[-1]:
-        return values[-1]
-    i = next(j for j in range(1, len(widths)) if widths[j] >= width)
-    return _line(widths[i - 1], values[i - 1], widths[i], values[i], width)
+    return float(np.interp(width, widths, values))
 
 
 class CostTracker:
