@@ -157,6 +157,7 @@ class AdaptiveGenerator:
         result = self.engine.generate(
             ids, session.decide, stop=stop, sampling=sampling, generator=generator,
             streamer=kwargs.get("streamer"), on_round=session.on_round,
+            on_prefill=getattr(session, "on_prefill", None),  # optional: a session that times the machine
         )  # fmt: skip
         return AdaptiveOutput(result.sequences, session.finish(), result)
 

@@ -129,6 +129,20 @@ def test_measured_costs_replace_fictional_ones(pair):
         assert out.sequences[0].tolist() == reference(target, prompt, 30)
     assert policy.cost is not policy.calibrated_cost
     assert policy.cost.target(1, 64) < 0.2 * policy.calibrated_cost.target(1, 64)
+    prefills = policy.cost_tracker.target.anchors  # each prompt's prefill, timed as one wide forward
+    assert sum(t.rounds for t in prefills.values()) == pytest.approx(2, abs=0.05)
+    assert {round(t.width) for t in prefills.values()} == {len(PROMPTS[0]), len(PROMPTS[1])}
+
+
+def test_the_engine_tells_the_prefill_before_the_first_round(pair):
+    from adaptive_spec.engine import SpeculativeEngine, StopRule
+
+    target, _ = pair
+    told = []
+    result = SpeculativeEngine(target, []).generate(
+        torch.tensor(PROMPTS[1]), stop=StopRule(5), on_prefill=lambda n, s: told.append((n, s)), on_round=told.append)
+    assert told[0] == (len(PROMPTS[1]), result.prefill_s)
+    assert len(told) == 1 + len(result.records)
 
 
 def test_drop_in_arguments(pair):

@@ -137,11 +137,13 @@ def test_a_policy_calibrated_elsewhere_stops_drafting_where_rounds_cost_their_to
 
 
 def linear_machine(calibrated):
-    """``calibrated``'s tables as on a CPU where forwards cost their tokens one by one (from 1.4x its plain step)."""
+    """``calibrated``'s tables as on a CPU where forwards cost their tokens one by one (from 1.4x its plain step),
+    prompt prefills included."""
     plain = calibrated.target(1, 128)
     return calibrated.model_copy(update={
         "target": CostTable(tokens=[1, 16], contexts=[128, 1024], seconds=[[1.4 * plain, 16 * 1.4 * plain],
                                                                             [1.5 * plain, 16 * 1.5 * plain]]),
+        "prefill": CostTable(tokens=[32, 1024], contexts=[0], seconds=[[32 * 1.3 * plain, 1024 * 1.4 * plain]]),
         "drafts": {name: CostTable(tokens=t.tokens, contexts=t.contexts,
                                    seconds=[[row[0] * 2 * n for n in t.tokens] for row in t.seconds])
                    for name, t in calibrated.drafts.items()},
@@ -291,3 +293,15 @@ def test_a_borrowed_shape_is_levelled_only_by_widths_the_target_measured():
     cost = tracker.cost
     target_factor_1 = cost.target(1, 100) / calibrated.target(1, 100)
     assert cost.drafts["model"](1, 100) == pytest.approx(target_factor_1 * calibrated.drafts["model"](1, 100), rel=0.05)
+
+
+def test_a_prefill_anchors_the_price_of_widths_past_those_measured():
+    """Calibrated linear, measured flat at 2 and 3 tokens, and a 128-token prefill timed at 1 s: 16 tokens are
+    priced on the line toward the prefill (0.1 + 0.9 * 13 / 125 s), not flat. A prefill alone corrects nothing."""
+    tracker = CostTracker(linear_calibration())
+    tracker.observe_prefill(128, 1.0)
+    assert tracker.cost is tracker.calibrated
+    for i in range(40):
+        tracker.observe(round_of(1 + i % 2, 0.1, 0.04, drafter="lookup"))
+    assert tracker.cost.target(16, 100) == pytest.approx(0.1 + 0.9 * 13 / 125, rel=0.05)
+    assert tracker.cost.target(1, 100) == pytest.approx(0.1, rel=0.05)

@@ -71,6 +71,7 @@ class RoundState:
 
 Decide = Callable[[RoundState], Decision]
 OnRound = Callable[[RoundRecord], None]
+OnPrefill = Callable[[int, float], None]  # (prompt tokens, seconds)
 
 
 def fixed(drafter: str, k: int, threshold: float = 0.0, extend: int = 0, sibling_below: float = 0.0,
@@ -168,8 +169,10 @@ class SpeculativeEngine:
         generator: torch.Generator | None = None,
         streamer: Any = None,
         on_round: OnRound | None = None,
+        on_prefill: OnPrefill | None = None,
     ) -> GenerationResult:
-        """Generate after ``input_ids`` ([L] or [1, L]); ``decide`` is asked before every round."""
+        """Generate after ``input_ids`` ([L] or [1, L]); ``decide`` is asked before every round, ``on_round`` told
+        after it, ``on_prefill`` told the prompt's length and prefill time before the first round."""
         start = time.perf_counter()
         _check_generator(generator, self.device)
         prompt = _as_prompt(input_ids, self.device)
@@ -184,6 +187,8 @@ class SpeculativeEngine:
         first = _choose(logits, sampling, generator)
         _sync(self.device)
         prefill_s = time.perf_counter() - start
+        if on_prefill is not None:
+            on_prefill(prompt.numel(), prefill_s)
 
         generated: list[int] = []
         records: list[RoundRecord] = []

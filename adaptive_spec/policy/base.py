@@ -49,6 +49,9 @@ class RequestReport:
 
 
 class Session(Protocol):
+    """Also, optionally, ``on_prefill(prompt_len, seconds)``: told the prompt's prefill time before the first round
+    (the controller's cost tracking reads it as one wide forward)."""
+
     def decide(self, state: RoundState) -> Decision: ...
 
     def on_round(self, record: RoundRecord) -> None: ...

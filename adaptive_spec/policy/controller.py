@@ -782,6 +782,10 @@ class AdaptiveSession:
 
     # --- learning -------------------------------------------------------------------------------------------------
 
+    def on_prefill(self, prompt_len: int, seconds: float) -> None:
+        if (tracker := self.policy.cost_tracker) is not None:
+            tracker.observe_prefill(prompt_len, seconds)
+
     def on_round(self, record: RoundRecord) -> None:
         if (tracker := self.policy.cost_tracker) is not None:
             tracker.observe(record)

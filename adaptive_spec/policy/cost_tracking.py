@@ -22,6 +22,9 @@ tolerance, decides with a corrected copy:
   assumed to scale like the target's (same machine; the level from its one measured width where the target
   measured that width too): a draft priced too high by its calibration would otherwise never be run to be
   measured.
+- each prompt's prefill (``on_prefill``) is one target forward over its tokens: it starts no correction, but once
+  one runs, the target's prices past the widths rounds measured follow the line toward it instead of
+  extrapolating from two narrow widths.
 - while the target's forwards measured so far all had one width, that width's ratio would scale every width alike,
   keeping the calibration's shape, which is what is most likely wrong: the controller then takes a plain step (or,
   where plain steps are what was measured, a padded one) to measure a second width.
@@ -91,6 +94,7 @@ class _TableTimes:
     def __init__(self, table: CostTable):
         self.table = table
         self.buckets: dict[int, _Times] = {}
+        self.anchors: dict[int, _Times] = {}  # prompt prefills: wide forwards, to extrapolate toward
         self.prices: dict[tuple[int, int], float] = {}  # by (rounded context, width): a round's price, one lookup
         self.first_row = row = table.row_at(table.contexts[0])
         self.first_times = [table.row_value(row, n) for n in table.tokens]  # at each column, the first context
@@ -108,6 +112,23 @@ class _TableTimes:
         if times is None:
             times = self.buckets[key] = _Times()
         times.add(width, measured, predicted, tick, decay)
+
+    def add_anchor(self, width: int, measured: float, predicted: float, tick: int, decay: float) -> None:
+        times = self.anchors.get(key := bucket(width))
+        if times is None:
+            times = self.anchors[key] = _Times()
+        times.add(width, measured, predicted, tick, decay)
+
+    def points(self) -> list[tuple[float, float]]:
+        """(width, seconds at the first context) of the measured widths (``usable``), then of the prefills wider
+        than the widest of them: past the measured widths, a line toward a wide forward actually timed beats one
+        extrapolated from two narrow ones."""
+        row = self.first_row
+        points = [(t.width, self.table.row_value(row, t.width) * t.ratio) for t in self.usable()]
+        if points:
+            anchors = sorted((t.width, t.measured / t.rounds) for t in self.anchors.values() if t.rounds > 0)
+            points += [a for a in anchors if a[0] > points[-1][0]]
+        return points
 
     def usable(self) -> list[_Times]:
         """Buckets measured enough to shape the correction: two forwards of a short width (a single one is too
@@ -131,16 +152,16 @@ class _TableTimes:
         times, interpolated between them and extrapolated past them (see the module docstring). ``shape``: another
         table's factors at this table's columns, the shape to assume while fewer than two widths are measured,
         levelled by a measured width up to ``shape_upto`` (past it the shape is a guess, not a measurement)."""
-        table, measured, row = self.table, self.usable(), self.first_row
-        if len(measured) < 2:
+        table, points = self.table, self.points()
+        if len(points) < 2:
+            measured = self.usable()
             level = 1.0
             if measured and shape and measured[0].width <= shape_upto:
                 level = measured[0].ratio / _at(table.tokens, shape, measured[0].width)
             if shape is None:
                 shape = [measured[0].ratio if measured else 1.0] * len(table.tokens)
             return [min(max(f * level, MIN_FACTOR), MAX_FACTOR) for f in shape]
-        widths = [t.width for t in measured]
-        times = [table.row_value(row, w) * t.ratio for w, t in zip(widths, measured)]
+        widths, times = [w for w, _ in points], [t for _, t in points]
         factors = []
         for n, base in zip(table.tokens, self.first_times):
             if n <= widths[0]:  # along the first segment, but not below proportional to the tokens
@@ -197,6 +218,13 @@ class CostTracker:
         if tick % (self.refit_every if self.applied is None else 4 * self.refit_every) == 0 or self.wants_width:
             self._refit()
 
+    def observe_prefill(self, prompt_len: int, seconds: float) -> None:
+        """A prompt's prefill: one target forward over its tokens. It does not start a correction (a single forward
+        may be preempted); once one runs, it anchors the target's prices past the widths rounds measured."""
+        if seconds > 0 and prompt_len > 0:
+            predicted = self.calibrated.prefill_s(prompt_len)
+            self.target.add_anchor(prompt_len, seconds, predicted, self.tick, self.decay)
+
     def _observe_draft(self, draft: _TableTimes, record: RoundRecord) -> None:
         overhead = self.calibrated.draft_step_overhead_s
         context, catchup, proposed = record.context_len, max(record.catchup, 1), record.proposed
@@ -221,8 +249,8 @@ class CostTracker:
                 self.applied, self.cost, self.wants_width = None, self.calibrated, 0
                 log.info("cost_model_restored", rounds=self.tick)
             return
-        measured = self.target.usable()
-        self.wants_width = 0 if len(measured) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
+        measured, points = self.target.usable(), self.target.points()
+        self.wants_width = 0 if len(points) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
         factors = {"": (target := self.target.factors())}
         for name, draft in self.drafts.items():  # the same machine: shaped like the target's until measured apart
             factors[name] = draft.factors(self.target.shape_for(target, draft.table), self.target.table.tokens[-1])

@@ -186,6 +186,8 @@ def replay(trace: RequestTrace, policy: Policy, cost: CostModel, max_new_tokens:
     full = torch.tensor(full_ids)
     prompt_len = trace.prompt_len
     session = policy.start(RequestInfo(trace.prompt, full[:prompt_len], cls, replayed=True))
+    if (on_prefill := getattr(session, "on_prefill", None)) is not None:  # as the engine tells it (decode time
+        on_prefill(prompt_len, cost.prefill_s(prompt_len))  # is what a replay charges; the prefill is not in it)
     budget = max_new_tokens or trace.max_new_tokens
     draft_states: dict[str, _DraftState] = defaultdict(_DraftState)
     records: list[RoundRecord] = []
