@@ -107,16 +107,13 @@ class _TableTimes:
             price = self.prices[key] = self.table.row_value(self.table.row_at(key[0] * ROW_CONTEXT), width)
         return price
 
-    def add(self, width: int, measured: float, predicted: float, tick: int, decay: float) -> None:
-        times = self.buckets.get(key := bucket(width))
+    def add(self, width: int, measured: float, predicted: float, tick: int, decay: float,
+            anchor: bool = False) -> None:  # fmt: skip
+        """One forward; ``anchor``: a prompt's prefill (kept apart: it shapes prices, it does not start a correction)."""
+        store = self.anchors if anchor else self.buckets
+        times = store.get(key := bucket(width))
         if times is None:
-            times = self.buckets[key] = _Times()
-        times.add(width, measured, predicted, tick, decay)
-
-    def add_anchor(self, width: int, measured: float, predicted: float, tick: int, decay: float) -> None:
-        times = self.anchors.get(key := bucket(width))
-        if times is None:
-            times = self.anchors[key] = _Times()
+            times = store[key] = _Times()
         times.add(width, measured, predicted, tick, decay)
 
     def points(self) -> list[tuple[float, float]]:
@@ -223,7 +220,7 @@ class CostTracker:
         may be preempted); once one runs, it anchors the target's prices past the widths rounds measured."""
         if seconds > 0 and prompt_len > 0:
             predicted = self.calibrated.prefill_s(prompt_len)
-            self.target.add_anchor(prompt_len, seconds, predicted, self.tick, self.decay)
+            self.target.add(prompt_len, seconds, predicted, self.tick, self.decay, anchor=True)
 
     def _observe_draft(self, draft: _TableTimes, record: RoundRecord) -> None:
         overhead = self.calibrated.draft_step_overhead_s
