@@ -109,7 +109,7 @@ class _TableTimes:
 
     def add(self, width: int, measured: float, predicted: float, tick: int, decay: float,
             anchor: bool = False) -> None:  # fmt: skip
-        """One forward; ``anchor``: a prompt's prefill (kept apart: it shapes prices, it does not start a correction)."""
+        """One forward; ``anchor``: a prompt's prefill (kept apart: it shapes prices, starts no correction)."""
         store = self.anchors if anchor else self.buckets
         times = store.get(key := bucket(width))
         if times is None:
