@@ -305,3 +305,18 @@ def test_a_prefill_anchors_the_price_of_widths_past_those_measured():
         tracker.observe(round_of(1 + i % 2, 0.1, 0.04, drafter="lookup"))
     assert tracker.cost.target(16, 100) == pytest.approx(0.1 + 0.9 * 13 / 125, rel=0.05)
     assert tracker.cost.target(1, 100) == pytest.approx(0.1, rel=0.05)
+
+
+def test_a_prefill_does_not_stand_in_for_a_narrow_width():
+    """Rounds of one width (5 tokens) on a machine where a forward costs 0.12 s + 0.17 s a token, and a 52-token
+    prefill at 0.15 s a token: the line from 5 tokens toward the prefill would put the plain step at 0.39 s (it
+    costs 0.29 s), high enough that drafting keeps winning and plain steps are never run to be measured. The tracker
+    still asks for a plain step, and the prefill shapes prices only once two widths are measured."""
+    tracker = CostTracker(cost_model())
+    tracker.observe_prefill(52, 0.15 * 52)
+    for _ in range(12):
+        tracker.observe(round_of(4, 0.12 + 0.17 * 5, 0.04 * 4, drafter="lookup"))
+    assert tracker.cost is not tracker.calibrated
+    assert tracker.wants_width == 1
+    [(width, seconds)] = tracker.target.points()
+    assert (width, seconds) == (pytest.approx(5.0), pytest.approx(0.97, rel=0.01))

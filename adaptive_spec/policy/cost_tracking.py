@@ -18,7 +18,7 @@ tolerance, decides with a corrected copy:
   tokens it catches up, plus single steps: rounds without a catch-up measure single steps; in one with a catch-up,
   what is left after its steps (at their measured ratio) measures the catch-up forward, the draft's prompt
   included, which on a slow machine costs far more than its calibration says (until steps are measured apart,
-  a round's time is shared between the two at its own ratio). Until a draft has two widths measured, its table is
+  they are taken at the target's plain steps' ratio). Until a draft has two widths measured, its table is
   assumed to scale like the target's (same machine; the level from its one measured width where the target
   measured that width too): a draft priced too high by its calibration would otherwise never be run to be
   measured.
@@ -117,12 +117,14 @@ class _TableTimes:
         times.add(width, measured, predicted, tick, decay)
 
     def points(self) -> list[tuple[float, float]]:
-        """(width, seconds at the first context) of the measured widths (``usable``), then of the prefills wider
-        than the widest of them: past the measured widths, a line toward a wide forward actually timed beats one
-        extrapolated from two narrow ones."""
+        """(width, seconds at the first context) of the measured widths (``usable``), then, once there are two, of
+        the prefills wider than the widest of them: past the measured widths, a line toward a wide forward actually
+        timed beats one extrapolated from two narrow ones. Below, a prefill is no guide: with one narrow width, the
+        line toward it would price the plain step (a 52-token prefill on AVX2 put it 35% high, and the controller
+        kept drafting where plain steps pay)."""
         row = self.first_row
         points = [(t.width, self.table.row_value(row, t.width) * t.ratio) for t in self.usable()]
-        if points:
+        if len(points) >= 2:
             anchors = sorted((t.width, t.measured / t.rounds) for t in self.anchors.values() if t.rounds > 0)
             points += [a for a in anchors if a[0] > points[-1][0]]
         return points
@@ -230,11 +232,13 @@ class CostTracker:
         if catchup == 1:  # single steps only
             draft.add(1, record.draft_s, first + steps, self.tick, self.decay)
             return
+        # steps at their own measured ratio; before that, at the target's plain steps' (the same machine: one-token
+        # forwards of both models are alike bound by memory), else as calibrated. Not the round's own ratio: the
+        # steps dominate a round, so the catch-up's excess would be spread over them and priced low
         single = draft.buckets.get(1)
-        if single is None or single.rounds < 2:  # steps not measured apart yet: the round's ratio for both
-            measured_first = record.draft_s * first / (first + steps)
-        else:
-            measured_first = record.draft_s - steps * single.ratio
+        if single is None or single.rounds < 2:
+            single = self.target.buckets.get(1)
+        measured_first = record.draft_s - steps * (single.ratio if single is not None and single.rounds >= 2 else 1.0)
         draft.add(catchup, max(measured_first, MIN_FACTOR * first), first, self.tick, self.decay)
 
     # --- the corrected model ------------------------------------------------------------------------------------
@@ -246,8 +250,8 @@ class CostTracker:
                 self.applied, self.cost, self.wants_width = None, self.calibrated, 0
                 log.info("cost_model_restored", rounds=self.tick)
             return
-        measured, points = self.target.usable(), self.target.points()
-        self.wants_width = 0 if len(points) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
+        measured = self.target.usable()
+        self.wants_width = 0 if len(measured) >= 2 else 2 if measured and measured[0].width < 1.5 else 1
         factors = {"": (target := self.target.factors())}
         for name, draft in self.drafts.items():  # the same machine: shaped like the target's until measured apart
             factors[name] = draft.factors(self.target.shape_for(target, draft.table), self.target.table.tokens[-1])
