@@ -168,8 +168,7 @@ class _TableTimes:
             elif n >= widths[-1]:  # along the last segment, but not below the widest measured time
                 value = max(_line(widths[-2], times[-2], widths[-1], times[-1], n), times[-1])
             else:
-                i = next(j for j in range(1, len(widths)) if widths[j] >= n)
-                value = _line(widths[i - 1], times[i - 1], widths[i], times[i], n)
+                value = _at(widths, times, n)
             factors.append(min(max(value / base, MIN_FACTOR), MAX_FACTOR))
         return factors
 
@@ -178,7 +177,7 @@ class _TableTimes:
         return [_at(self.table.tokens, factors, n) for n in other.tokens]
 
 
-def _at(widths: list[int], values: list[float], width: float) -> float:
+def _at(widths: list[float], values: list[float], width: float) -> float:
     """``values`` (one per width) interpolated at ``width``, constant past the ends."""
     return float(np.interp(width, widths, values))
 
@@ -235,10 +234,9 @@ class CostTracker:
         # steps at their own measured ratio; before that, at the target's plain steps' (the same machine: one-token
         # forwards of both models are alike bound by memory), else as calibrated. Not the round's own ratio: the
         # steps dominate a round, so the catch-up's excess would be spread over them and priced low
-        single = draft.buckets.get(1)
-        if single is None or single.rounds < 2:
-            single = self.target.buckets.get(1)
-        measured_first = record.draft_s - steps * (single.ratio if single is not None and single.rounds >= 2 else 1.0)
+        singles = (draft.buckets.get(1), self.target.buckets.get(1))
+        step_ratio = next((t.ratio for t in singles if t is not None and t.rounds >= 2), 1.0)
+        measured_first = record.draft_s - steps * step_ratio
         draft.add(catchup, max(measured_first, MIN_FACTOR * first), first, self.tick, self.decay)
 
     # --- the corrected model ------------------------------------------------------------------------------------
