@@ -29,7 +29,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(stats_app, name="stats")
 app.command("distill")(distill_command)
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages name files: never break a path across lines
 
 TargetOpt = Annotated[Optional[Path], typer.Option(help="target: GGUF file or transformers model dir")]
 DraftOpt = Annotated[Optional[Path], typer.Option(help="draft: GGUF file or transformers model dir")]

@@ -429,13 +429,14 @@ def test_bad_traffic_rows_are_named_by_line(tmp_path):
 
 
 def test_cli_refuses_bad_traffic_before_loading_models(tmp_path):
-    path = tmp_path / "traffic.jsonl"
+    path = tmp_path / ("deep" * 30) / "traffic.jsonl"  # a path wider than a terminal is still named on one line
+    path.parent.mkdir()
     path.write_text("\n".join(BAD) + "\n")
     app = typer.Typer()
     app.command()(distill_command)
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "traffic.jsonl:3:" in result.output
+    assert f"{path}:3:" in result.output
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--kind", "head"])
     assert result.exit_code == 2 and "traffic.jsonl:3:" in result.output  # the head pipeline checks traffic first too
     result = CliRunner().invoke(app, [str(path), "--out", str(tmp_path / "out"), "--kind", "bogus"])

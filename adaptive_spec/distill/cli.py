@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..report_console import report_console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages name files: never break a path across lines
 
 
 def _progress() -> Progress:
