@@ -224,6 +224,8 @@ class CostTracker:
             self.target.add(prompt_len, seconds, predicted, self.tick, self.decay, anchor=True)
 
     def _observe_draft(self, draft: _TableTimes, record: RoundRecord) -> None:
+        # ``CostModel.draft_s``'s shape, from memoised prices with the steps at one context: it sums a table lookup
+        # per step (~100 us at k=8), and this runs every round
         overhead = self.calibrated.draft_step_overhead_s
         context, catchup, proposed = record.context_len, max(record.catchup, 1), record.proposed
         steps = (proposed - 1) * (draft.calibrated(1, context + catchup) + overhead)
