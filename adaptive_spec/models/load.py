@@ -29,6 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from ..logs import get_logger
 from ..settings import Settings, get_settings
+from .cache_lock import building
 from .fetch import fetch_pair
 from .pairs import DEFAULT_PAIR, get_pair
 
@@ -114,16 +115,22 @@ def load_model(
     if gguf_file is not None:
         dense = _dense_dir(directory, gguf_file, dtype, settings)
         if not (dense / "config.json").is_file():
-            start = time.perf_counter()
-            model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=DTYPES[dtype])
-            _strip_quantization(model)
-            _atomic_save(dense, model.save_pretrained)
-            log.info("gguf_converted", file=gguf_file, dtype=dtype, seconds=round(time.perf_counter() - start, 1))
-            del model
+            dense.parent.mkdir(parents=True, exist_ok=True)
+            with building(dense):
+                if not (dense / "config.json").is_file():  # another process may have converted it meanwhile
+                    _convert(directory, gguf_file, dtype, dense)
         directory = dense
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype])
     model.to(pick_device(device)).eval().requires_grad_(False)
     return model
+
+
+def _convert(directory: Path, gguf_file: str, dtype: str, dense: Path) -> None:
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=DTYPES[dtype])
+    _strip_quantization(model)
+    _atomic_save(dense, model.save_pretrained)
+    log.info("gguf_converted", file=gguf_file, dtype=dtype, seconds=round(time.perf_counter() - start, 1))
 
 
 def _strip_quantization(model: PreTrainedModel) -> None:
