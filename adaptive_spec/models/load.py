@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,18 @@ def _dense_dir(directory: Path, gguf_file: str, kind: str, settings: Settings) -
     return settings.cache / "dense" / f"{Path(gguf_file).stem}-{stat.st_size}-{stat.st_mtime_ns}-{kind}"
 
 
-def _atomic_save(target: Path, save: Any) -> None:
+def _build_once(target: Path, marker: str, save: Callable[[Path], Any]) -> None:
+    """Unless ``target/marker`` exists, ``save`` into ``target`` (atomically); one process at a time, so one that
+    waited finds the other's result."""
+    if (target / marker).is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with building(target):
+        if not (target / marker).is_file():
+            _atomic_save(target, save)
+
+
+def _atomic_save(target: Path, save: Callable[[Path], Any]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -114,22 +126,18 @@ def load_model(
     directory, gguf_file = resolve(spec)
     if gguf_file is not None:
         dense = _dense_dir(directory, gguf_file, dtype, settings)
-        if not (dense / "config.json").is_file():
-            dense.parent.mkdir(parents=True, exist_ok=True)
-            with building(dense):
-                if not (dense / "config.json").is_file():  # another process may have converted it meanwhile
-                    _convert(directory, gguf_file, dtype, dense)
+        _build_once(dense, "config.json", lambda out: _convert(directory, gguf_file, dtype, out))
         directory = dense
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype])
     model.to(pick_device(device)).eval().requires_grad_(False)
     return model
 
 
-def _convert(directory: Path, gguf_file: str, dtype: str, dense: Path) -> None:
+def _convert(directory: Path, gguf_file: str, dtype: str, out: Path) -> None:
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=DTYPES[dtype])
     _strip_quantization(model)
-    _atomic_save(dense, model.save_pretrained)
+    model.save_pretrained(out)
     log.info("gguf_converted", file=gguf_file, dtype=dtype, seconds=round(time.perf_counter() - start, 1))
 
 
@@ -146,9 +154,8 @@ def load_tokenizer(spec: str | os.PathLike, settings: Settings | None = None) ->
     if gguf_file is None:
         return AutoTokenizer.from_pretrained(directory)
     cached = _dense_dir(directory, gguf_file, "tokenizer", settings)
-    if not (cached / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-        _atomic_save(cached, tokenizer.save_pretrained)
+    _build_once(cached, "tokenizer_config.json",
+                lambda out: AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(out))
     return AutoTokenizer.from_pretrained(cached)
 
 
