@@ -13,7 +13,7 @@ SPEC_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s
 def load(dtype: str):
     from adaptive_spec.models import configure_threads, load_pair
 
-    configure_threads(2)
+    configure_threads()  # ADAPTIVE_SPEC_THREADS: this test worker's share of the cores (conftest)
     return load_pair(dtype=dtype)
 
 

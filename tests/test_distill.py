@@ -54,13 +54,6 @@ def rows(n: int, start: int = 0) -> list[PromptRow]:
                       f"def f{i}(x): return x * {i} + {i % 7}") for i in range(start, start + n)]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save
-    yield
-    torch.set_num_threads(2)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     target = tiny_model(0, layers=2)

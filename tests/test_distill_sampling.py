@@ -33,13 +33,11 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def engine():
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save
     target = tiny_model(0, vocab_size=VOCAB, layers=1, hidden=16)
     other = tiny_model(5, vocab_size=VOCAB, layers=1, hidden=16)
     vmap = VocabMap(torch.tensor(KEPT), VOCAB)
     custom = CustomDrafter(derive_draft(other, [0], vmap), vmap)
-    yield target, SpeculativeEngine(target, [custom, ModelDrafter(other), PromptLookupDrafter(max_ngram=2)])
-    torch.set_num_threads(2)
+    return target, SpeculativeEngine(target, [custom, ModelDrafter(other), PromptLookupDrafter(max_ngram=2)])
 
 
 @pytest.mark.slow  # ~1.5 min per case on a busy 2-core machine, like the engine's own sampling test

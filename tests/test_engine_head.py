@@ -138,21 +138,17 @@ def test_vocabulary_map_stays_inside_the_target_vocabulary(target):
 def test_sampling_with_a_head_matches_the_target():
     from tests.test_engine_sampling import NEW, PROMPT, SAMPLES, chi_square_pvalue, exact_joint
 
-    torch.set_num_threads(1)
-    try:
-        target = tiny_model(0, vocab_size=8, layers=1, hidden=16)
-        engine = SpeculativeEngine(target, [])
-        attach_head(engine, random_head(target, torch.tensor([0, 2, 3, 5, 7]), scale=8.0))
-        params = SamplingParams(do_sample=True, temperature=0.9)
-        expected = exact_joint(target, PROMPT, params)
-        g = torch.Generator().manual_seed(5)
-        counts, proposed, accepted = Counter(), 0, 0
-        for _ in range(SAMPLES):
-            out = engine.generate(torch.tensor(PROMPT), fixed("head", 3), stop=StopRule(NEW), sampling=params, generator=g)
-            counts[tuple(out.new_tokens.tolist())] += 1
-            proposed += out.proposed
-            accepted += out.accepted
-        assert 0 < accepted < proposed
-        assert chi_square_pvalue(counts, expected, SAMPLES) > 1e-3
-    finally:
-        torch.set_num_threads(2)
+    target = tiny_model(0, vocab_size=8, layers=1, hidden=16)
+    engine = SpeculativeEngine(target, [])
+    attach_head(engine, random_head(target, torch.tensor([0, 2, 3, 5, 7]), scale=8.0))
+    params = SamplingParams(do_sample=True, temperature=0.9)
+    expected = exact_joint(target, PROMPT, params)
+    g = torch.Generator().manual_seed(5)
+    counts, proposed, accepted = Counter(), 0, 0
+    for _ in range(SAMPLES):
+        out = engine.generate(torch.tensor(PROMPT), fixed("head", 3), stop=StopRule(NEW), sampling=params, generator=g)
+        counts[tuple(out.new_tokens.tolist())] += 1
+        proposed += out.proposed
+        accepted += out.accepted
+    assert 0 < accepted < proposed
+    assert chi_square_pvalue(counts, expected, SAMPLES) > 1e-3

@@ -67,9 +67,7 @@ def chi_square_pvalue(samples: Counter, expected: dict, n: int) -> float:
 
 @pytest.fixture(scope="module")
 def models():
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they save
-    yield _models()
-    torch.set_num_threads(2)
+    return _models()
 
 
 def _models():
