@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/adaptive-spec
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist, one per core by default): most tests run tiny models on one thread, so a 2-core
+# machine runs two at once. PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: demo test test-fast install redis-server bench clean
 
@@ -29,10 +32,10 @@ demo: install
 
 # pytest exits 5 when it collected no tests: that is a failure here, like any other non-zero exit.
 test: install redis-server
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not real_model and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not real_model and not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
