@@ -11,10 +11,9 @@ SPEC_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s
 
 @functools.cache
 def load(dtype: str):
-    from adaptive_spec.models import configure_threads, load_pair
+    from adaptive_spec.models import load_pair
 
-    configure_threads()  # ADAPTIVE_SPEC_THREADS: this test worker's share of the cores (conftest)
-    return load_pair(dtype=dtype)
+    return load_pair(dtype=dtype)  # on the test's threads: its worker's share of the cores (conftest)
 
 
 def spec_bench(categories: list[str]) -> list[dict]:

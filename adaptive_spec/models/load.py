@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 
 from ..logs import get_logger
 from ..settings import Settings, get_settings
-from .cache_lock import building
+from .cache_lock import build_once
 from .fetch import fetch_pair
 from .pairs import DEFAULT_PAIR, get_pair
 
@@ -97,14 +97,9 @@ def _dense_dir(directory: Path, gguf_file: str, kind: str, settings: Settings) -
 
 
 def _build_once(target: Path, marker: str, save: Callable[[Path], Any]) -> None:
-    """Unless ``target/marker`` exists, ``save`` into ``target`` (atomically); one process at a time, so one that
-    waited finds the other's result."""
-    if (target / marker).is_file():
-        return
+    """Unless ``target/marker`` exists, ``save`` into ``target`` (atomically), one process at a time."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with building(target):
-        if not (target / marker).is_file():
-            _atomic_save(target, save)
+    build_once(target, (target / marker).is_file, lambda: _atomic_save(target, save))
 
 
 def _atomic_save(target: Path, save: Callable[[Path], Any]) -> None:
