@@ -244,6 +244,7 @@ def calibrate(
     """Measure forward costs on this machine and store them in a policy file (other sections are kept)."""
     from rich.table import Table
 
+    from .policy.calibrate import steep_verify_warning
     from .policy.file import calibrated_policy, default_policy_path, load_policy_file
     from .traces.format import atomic_write_text
 
@@ -276,6 +277,8 @@ def calibrate(
     for k in (1, 2, 4, 8):
         typer.echo(f"break-even alpha, model draft k={k}: {cost.break_even_alpha('model', k):.3f}; "
                    f"lookup k={k}: {cost.break_even_alpha('lookup', k):.3f}")  # fmt: skip
+    if warning := steep_verify_warning(cost):
+        console.print(f"[yellow]{warning}[/yellow]")
     typer.echo(f"wrote {path}")
 
 

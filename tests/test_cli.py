@@ -115,6 +115,24 @@ def test_train_policy_cli_default_margin_is_the_library_default():
     assert inspect.signature(train_policy).parameters["class_margin"].default == CLASS_MARGIN
 
 
+def test_calibrate_tells_a_machine_where_wide_forwards_cost_their_tokens(tmp_path, monkeypatch):
+    """The measurement itself is stubbed with a table measured on an AVX2-only CPU: the command writes it and says
+    why speculation will rarely run there."""
+    from types import SimpleNamespace
+
+    import adaptive_spec.cli as cli
+    from adaptive_spec.policy.cost import CostModel
+
+    saved = json.loads((ROOT / "benchmarks" / "results" / "cost_avx2.json").read_text())["cost_model"]
+    monkeypatch.setattr(cli, "_models", lambda *a, **k: SimpleNamespace(pair_id="qwen2.5-coder"))
+    monkeypatch.setattr(cli, "_calibrate", lambda *a, **k: CostModel.model_validate(saved))
+    out = tmp_path / "policy.json"
+    result = runner.invoke(app, ["calibrate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "4-token verify costs 2.8 plain steps" in result.output and "torch reports this CPU as" in result.output
+    assert out.is_file()
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_generate_streams_and_reports():

@@ -122,3 +122,26 @@ def test_a_row_at_one_context_prices_like_the_table():
         row = table.row_at(context)
         for n in (1, 2, 3, 4, 7, 8, 16, 17, 40):
             assert table.row_value(row, n) == table(n, context)
+
+
+def test_calibrate_says_when_the_hardware_leaves_speculation_little_to_win():
+    """Measured tables: an AVX2-only CPU (bf16 forwards cost their tokens one by one) is told so; the reference
+    CPU, where a 4-token verify costs about a plain step, is not."""
+    import json
+    from pathlib import Path
+
+    from adaptive_spec.policy.calibrate import steep_verify_warning
+    from adaptive_spec.policy.file import load_policy_file
+
+    root = Path(__file__).resolve().parents[1]
+    avx2 = CostModel.model_validate(json.loads((root / "benchmarks/results/cost_avx2.json").read_text())["cost_model"])
+    assert avx2.verify_growth(4) > 2.5
+    warning = steep_verify_warning(avx2, capability="AVX2")
+    assert warning is not None and "4-token verify costs 2." in warning and "AVX2" in warning
+    assert "prompt lookup 0." in warning and "model draft 0.9" in warning  # break-even acceptances, not nan
+    reference = load_policy_file(root / "policies/qwen2.5-coder+int8-draft-cpu.json").cost
+    assert reference.verify_growth(4) < 1.2 and steep_verify_warning(reference) is None
+    hopeless = model(draft_s=1.0).model_copy(update={"hardware": "cuda: some GPU"})
+    steep = hopeless.model_copy(update={"target": CostTable(tokens=[1, 8], contexts=[100], seconds=[[0.1, 0.8]])})
+    text = steep_verify_warning(steep)
+    assert "never at k=1" in text and "torch reports" not in text  # no CPU advice for a GPU's table

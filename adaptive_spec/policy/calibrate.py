@@ -7,6 +7,7 @@ so the table is what the engine will pay here: the same models, dtype, threads a
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -45,6 +46,35 @@ def hardware() -> str:
     # between AVX2 and AVX-512 (the README's measurements)
     capability = torch.backends.cpu.get_cpu_capability()
     return f"cpu: {model} ({capability}), {torch.get_num_threads()} threads, {os.cpu_count()} cpus"
+
+
+# A 4-token verify costing this many plain steps or more: the model draft pays only at very high acceptance.
+STEEP_VERIFY = 2.0
+
+
+def steep_verify_warning(cost: CostModel, capability: str | None = None) -> str | None:
+    """What to tell a user whose machine prices wide forwards near their tokens one by one (None where it does
+    not): there the controller decodes plainly almost everywhere, which is right, but the reason is the hardware."""
+    growth = cost.verify_growth(4)
+    if growth < STEEP_VERIFY:
+        return None
+    ctx = cost.target.contexts[0]
+
+    def break_even(drafter: str, k: int) -> str:
+        alpha = cost.break_even_alpha(drafter, k, ctx)
+        return f"{alpha:.2f} at k={k}" if math.isfinite(alpha) else f"never at k={k}"
+
+    evens = [f"prompt lookup {break_even('lookup', 2)}"]
+    if cost.draft is not None:
+        evens.append(f"the model draft {break_even('model', 1)}")
+    text = (f"On this machine a 4-token verify costs {growth:.1f} plain steps (context {ctx}): speculative "
+            f"decoding has little to win here. Break-even acceptance: {', '.join(evens)}. The controller decodes "
+            "plainly where drafting does not pay.")
+    if cost.hardware.startswith("cpu"):
+        capability = capability or torch.backends.cpu.get_cpu_capability()
+        text += (f" torch reports this CPU as {capability}: without AVX-512 bf16 or AMX a bf16 forward costs "
+                 "about what its tokens cost one by one (README, Loading).")
+    return text
 
 
 def _sync() -> None:

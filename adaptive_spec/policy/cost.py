@@ -202,6 +202,12 @@ class CostModel(BaseModel):
     def draft_cost_ratio(self) -> float:
         return self.draft_cost_ratio_of("model")
 
+    def verify_growth(self, n: int = 4, context: int | None = None) -> float:
+        """A verify forward over n tokens in plain steps: ~1 where a wide forward is nearly free (GPUs, CPUs with
+        bf16 matrix units), up to n where a forward costs its tokens one by one, and nothing is left to win."""
+        ctx = self.target.contexts[0] if context is None else context
+        return self.verify_s(n, ctx) / self.plain_step_s(ctx)
+
     # --- expectations -------------------------------------------------------------------------------------------
 
     def expected_speedup(self, drafter: str, acceptance: Sequence[float], k: int, context: int = 256) -> float:
