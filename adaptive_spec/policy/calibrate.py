@@ -52,13 +52,13 @@ def hardware() -> str:
 STEEP_VERIFY = 2.0
 
 
-def steep_verify_warning(cost: CostModel, capability: str | None = None) -> str | None:
+def steep_verify_warning(cost: CostModel) -> str | None:
     """What to tell a user whose machine prices wide forwards near their tokens one by one (None where it does
     not): there the controller decodes plainly almost everywhere, which is right, but the reason is the hardware."""
-    growth = cost.verify_growth(4)
+    ctx = cost.target.contexts[0]
+    growth = cost.verify_growth(4, ctx)
     if growth < STEEP_VERIFY:
         return None
-    ctx = cost.target.contexts[0]
 
     def break_even(drafter: str, k: int) -> str:
         alpha = cost.break_even_alpha(drafter, k, ctx)
@@ -70,10 +70,9 @@ def steep_verify_warning(cost: CostModel, capability: str | None = None) -> str 
     text = (f"On this machine a 4-token verify costs {growth:.1f} plain steps (context {ctx}): speculative "
             f"decoding has little to win here. Break-even acceptance: {', '.join(evens)}. The controller decodes "
             "plainly where drafting does not pay.")
-    if cost.hardware.startswith("cpu"):
-        capability = capability or torch.backends.cpu.get_cpu_capability()
-        text += (f" torch reports this CPU as {capability}: without AVX-512 bf16 or AMX a bf16 forward costs "
-                 "about what its tokens cost one by one (README, Loading).")
+    if cost.hardware.startswith("cpu"):  # hardware() names the vector extensions torch found there
+        text += (f" Measured on {cost.hardware}: without AVX-512 bf16 or AMX a bf16 forward costs about what its "
+                 "tokens cost one by one (README, Loading).")
     return text
 
 
